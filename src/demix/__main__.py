@@ -1,0 +1,3 @@
+from demix.cli import main
+
+main()

@@ -1,0 +1,509 @@
+"""Run configuration: pydantic v2 models loaded from YAML, with dotted command-line overrides.
+
+One :class:`RunConfig` describes a whole run. Every section is a strict model
+(``extra="forbid"``) so a misspelt key is an error, not a silent default. The resolved config
+(after overrides) is written into the run directory as ``config.yaml``.
+
+Field docstrings (the string literal under each field) are the reference documentation: they
+show up in ``demix init`` output and in ``--help`` texts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from demix.errors import DemixError
+
+
+class StrictModel(BaseModel):
+    """Base for all config sections: unknown keys are errors; field docstrings are kept."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- data
+
+
+class DomainConfig(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """Domain name used everywhere (mixtures, benchmarks, files), e.g. `general`, `math`, `code`."""
+
+    source: str
+    """Where the text comes from: `builtin:<name>` for an embedded offline corpus, or a path to a
+    `.jsonl`, `.txt` or `.parquet` file or a directory of them."""
+
+    text_field: str = "text"
+    """Field holding the document text in `.jsonl` / `.parquet` sources."""
+
+    max_tokens: int | None = Field(default=None, gt=0)
+    """Optional cap on the number of training tokens prepared for this domain (None: all)."""
+
+    license: str | None = None
+    """Licence of a user-provided source, recorded in the run's provenance (builtin sources know theirs)."""
+
+
+class DataConfig(StrictModel):
+    domains: list[DomainConfig] = Field(min_length=1)
+    """The candidate datasets. A mixture has one weight per domain."""
+
+    general_domain: str = "general"
+    """The domain used to pretrain the base and as the general share of every component."""
+
+    heldout_fraction: float = Field(default=0.05, gt=0, lt=1)
+    """Fraction of each domain's documents held out for evaluation (split by document, never trained on)."""
+
+    max_heldout_documents: int | None = Field(default=None, gt=0)
+    """Optional cap on held-out documents per domain (keeps evaluation cheap)."""
+
+    seed: int = 0
+    """Seed of the deterministic document-level train / held-out split."""
+
+    @model_validator(mode="after")
+    def _check_domains(self) -> "DataConfig":
+        names = [d.name for d in self.domains]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"domain names must be unique, repeated: {dupes}")
+        if self.general_domain not in names:
+            raise ValueError(
+                f"general_domain '{self.general_domain}' is not one of the domains {names}; "
+                "add it to data.domains or set data.general_domain"
+            )
+        return self
+
+    @property
+    def domain_names(self) -> list[str]:
+        return [d.name for d in self.domains]
+
+
+class TokenizerConfig(StrictModel):
+    path: str | None = None
+    """A Hugging Face tokenizer directory to use as is. None: train a byte-level BPE on the training splits."""
+
+    vocab_size: int = Field(default=4096, ge=260)
+    """Vocabulary size of the trained BPE tokenizer (ignored when `path` is set)."""
+
+    max_train_bytes: int = Field(default=20_000_000, gt=0)
+    """At most this many bytes of training text (spread over domains) are used to train the BPE."""
+
+
+# --------------------------------------------------------------------------- model and training
+
+
+class ModelConfig(StrictModel):
+    architecture: Literal["llama", "qwen3"] = "llama"
+    """HF decoder-only architecture used for a base trained from scratch."""
+
+    hidden_size: int = Field(default=128, gt=0)
+    """Width of the residual stream."""
+
+    num_layers: int = Field(default=4, gt=0)
+    """Number of transformer blocks."""
+
+    num_heads: int = Field(default=4, gt=0)
+    """Attention heads."""
+
+    num_kv_heads: int | None = None
+    """Key/value heads (grouped-query attention); None: same as num_heads."""
+
+    intermediate_size: int | None = None
+    """MLP width; None: 4 x hidden_size."""
+
+    seq_len: int = Field(default=256, gt=8)
+    """Context length used in training and held-out evaluation (tokens)."""
+
+    tie_embeddings: bool = True
+    """Share the input embedding and the output head (fewer parameters for tiny models)."""
+
+    base_path: str | None = None
+    """An existing HF checkpoint directory to use as the base instead of training one."""
+
+    trust_remote_code: bool = False
+    """Allow custom model code from checkpoint directories. Off unless you trust the files."""
+
+
+class TrainConfig(StrictModel):
+    tokens: int = Field(default=1_000_000, gt=0)
+    """Token budget of the run (steps = tokens / (batch_size x seq_len))."""
+
+    lr: float = Field(default=1e-3, gt=0)
+    """Peak learning rate."""
+
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
+    """Learning-rate schedule after warmup (wsd: warmup-stable-decay, decay over the last 20%)."""
+
+    warmup_fraction: float = Field(default=0.05, ge=0, lt=1)
+    """Fraction of steps spent in linear warmup."""
+
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    """Final learning rate as a fraction of the peak (cosine / linear / wsd)."""
+
+    batch_size: int = Field(default=16, gt=0)
+    """Sequences per optimizer step (per device x gradient accumulation)."""
+
+    grad_accumulation: int = Field(default=1, gt=0)
+    """Gradient accumulation steps (batch_size counts the accumulated sequences)."""
+
+    weight_decay: float = Field(default=0.0, ge=0)
+    """AdamW weight decay."""
+
+    seed: int = 0
+    """Seed of data order and initialisation."""
+
+    save_every_steps: int = Field(default=200, gt=0)
+    """Checkpoint interval; an interrupted training resumes from the last one."""
+
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Training precision (bf16 on GPUs that have it; fp32 on CPU)."""
+
+
+class ComponentTrainConfig(TrainConfig):
+    general_share: float = Field(default=0.5, ge=0, lt=1)
+    """Share of general-domain tokens in each component's training data (DeMix: 0.5; pure-domain
+    components merge badly)."""
+
+    paths: dict[str, str] = Field(default_factory=dict)
+    """Components trained elsewhere: domain name -> HF checkpoint directory. Those domains are not trained."""
+
+
+class TrainingConfig(StrictModel):
+    base: TrainConfig = Field(default_factory=TrainConfig)
+    """Pretraining of the base from scratch on the general domain."""
+
+    components: ComponentTrainConfig = Field(default_factory=ComponentTrainConfig)
+    """Continued training of one component per domain from the base."""
+
+    reference: TrainConfig = Field(default_factory=TrainConfig)
+    """Continued training of reference models on a mixture (ground truth for fidelity);
+    defaults to the component budget when not set."""
+
+    trained_proxy: TrainConfig = Field(default_factory=lambda: TrainConfig(tokens=200_000))
+    """The training-based proxy baseline (RegMix style): a shorter run on a mixture."""
+
+    device: str = "auto"
+    """Training device: auto, cpu, cuda, cuda:0, ..."""
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+class BenchmarkConfig(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.:-]+$")
+    """Benchmark name, the key of its score in every result."""
+
+    evaluator: Literal["heldout_loss", "lm_eval"] = "heldout_loss"
+    """Which evaluator computes it."""
+
+    domain: str | None = None
+    """heldout_loss: the domain whose held-out split is scored."""
+
+    task: str | None = None
+    """lm_eval: the harness task name (a shipped local task or one from `task_dirs`)."""
+
+    metric: str = "bits_per_byte"
+    """Metric key read from the evaluator's output (heldout_loss: bits_per_byte or loss_per_token;
+    lm_eval: acc, acc_norm, ...)."""
+
+    higher_is_better: bool = False
+    """Direction of the metric. Scores where lower is better are negated before any ranking."""
+
+    limit: int | None = Field(default=None, gt=0)
+    """lm_eval: fixed number of samples (the first `limit` after a seeded shuffle)."""
+
+
+class CapabilityConfig(StrictModel):
+    name: str
+    """Capability name (general, math, code, ...)."""
+
+    benchmarks: dict[str, float]
+    """Benchmark name -> weight in this capability's (sign-corrected) weighted mean."""
+
+
+class EvaluationConfig(StrictModel):
+    benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
+    """The scored evaluations. Empty: one heldout_loss benchmark per domain."""
+
+    capabilities: list[CapabilityConfig] = Field(default_factory=list)
+    """Named groups of benchmarks. Empty: one capability per domain."""
+
+    heldout_tokens: int = Field(default=32_768, gt=0)
+    """Held-out tokens scored per domain for each proxy (fixed, so proxies are comparable)."""
+
+    batch_size: int = Field(default=16, gt=0)
+    """Sequences per forward pass in held-out evaluation."""
+
+    task_dirs: list[str] = Field(default_factory=list)
+    """Extra directories of lm-eval task YAML files."""
+
+    device: str = "auto"
+    """Evaluation device: auto, cpu, cuda, cuda:0, ..."""
+
+
+# --------------------------------------------------------------------------- merging
+
+
+class MergeConfig(StrictModel):
+    method: str = "linear"
+    """Merge method building a proxy from components (linear is the DeMix method and the fast path)."""
+
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Method parameters, as in mergekit (density, lambda, epsilon, gamma, t, ...)."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """dtype of the resident proxy (auto: the checkpoints' dtype). Accumulation is always fp32."""
+
+    normalize: bool = False
+    """Rescale mixtures that do not sum to 1 instead of rejecting them."""
+
+
+# --------------------------------------------------------------------------- search
+
+
+class BoundsConfig(StrictModel):
+    lower: dict[str, float] = Field(default_factory=dict)
+    """Domain -> minimum weight."""
+
+    upper: dict[str, float] = Field(default_factory=dict)
+    """Domain -> maximum weight."""
+
+    pinned: dict[str, float] = Field(default_factory=dict)
+    """Domain -> fixed weight."""
+
+    max_epochs: float | None = Field(default=None, gt=0)
+    """Upper bound from data size: weight <= max_epochs x domain tokens / target_tokens."""
+
+
+class SamplerConfig(StrictModel):
+    prior: Literal["tokens", "uniform"] = "tokens"
+    """Centre of the Dirichlet sampling: domain token shares or uniform."""
+
+    temperature: float = Field(default=1.0, gt=0)
+    """Prior temperature: prior ** (1/T), renormalised (T > 1 flattens)."""
+
+    min_concentration: float = Field(default=0.1, gt=0)
+    """Smallest Dirichlet concentration strength (log-spaced range; small: spiky samples)."""
+
+    max_concentration: float = Field(default=5.0, gt=0)
+    """Largest Dirichlet concentration strength (large: samples near the prior)."""
+
+    min_weight: float = Field(default=0.0, ge=0, lt=1)
+    """Weights below this are set to 0 and the rest renormalised."""
+
+    granularity: float | None = Field(default=None, gt=0, lt=1)
+    """Round weights to multiples of this (e.g. 0.01). None: no rounding."""
+
+
+class SearchConfig(StrictModel):
+    rounds: list[int] = Field(default_factory=lambda: [32, 16, 8])
+    """Proxies evaluated per round (reference: N, N/2, N/4); round 0 samples the simplex, later
+    rounds the predicted top region."""
+
+    pool_size: int = Field(default=200_000, gt=0)
+    """Candidate pool size ranked by the predictor."""
+
+    top_k: int = Field(default=1280, gt=0)
+    """The chosen mixture is the mean of the top-k candidates."""
+
+    predictor: Literal["auto", "lightgbm", "ridge"] = "auto"
+    """Regressor from mixture to score (auto: ridge below 32 evaluations, else LightGBM)."""
+
+    cv_folds: int = Field(default=5, ge=2)
+    """k of the k-fold cross-validation reported per target."""
+
+    objective: Literal["rank_mean", "weighted"] = "rank_mean"
+    """rank_mean: mean of per-capability percentile ranks (reference); weighted: weighted capability scores."""
+
+    capability_weights: dict[str, float] = Field(default_factory=dict)
+    """Capability -> weight for the objective (empty: equal weights)."""
+
+    constraints: list[str] = Field(default_factory=list)
+    """Constraints such as `math >= natural`, `code >= 0.4` (capability scores) or `weight.general >= 0.3`."""
+
+    target_tokens: int | None = Field(default=None, gt=0)
+    """Token budget of the final training run (for token counts and epochs in best_mixture.json)."""
+
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    """How candidate mixtures are sampled."""
+
+    bounds: BoundsConfig = Field(default_factory=BoundsConfig)
+    """Exact bounds every sampled mixture satisfies."""
+
+    seed: int = 0
+    """Seed of sampling, predictors and selection."""
+
+
+# --------------------------------------------------------------------------- fidelity, scale-out
+
+
+class FidelityConfig(StrictModel):
+    num_references: int = Field(default=8, ge=0)
+    """Reference mixtures sampled with the search's sampler (in addition to `mixtures`)."""
+
+    mixtures: list[dict[str, float]] = Field(default_factory=list)
+    """User-given reference mixtures (domain -> weight)."""
+
+    trained_proxy_budgets: list[int] = Field(default_factory=list)
+    """Token budgets of training-based proxies compared against merged proxies (empty: trained_proxy.tokens)."""
+
+    bootstrap: int = Field(default=1000, ge=0)
+    """Bootstrap resamples for confidence intervals."""
+
+    seed: int = 0
+    """Seed of reference sampling and bootstrap."""
+
+
+class ExecutorConfig(StrictModel):
+    kind: Literal["local", "ray"] = "local"
+    """Where proxy evaluations run: in process, or on a Ray cluster (one actor per GPU / CPU slot)."""
+
+    address: str | None = None
+    """Ray cluster address (None: start a local cluster)."""
+
+    num_workers: int | None = Field(default=None, gt=0)
+    """Ray actors (None: one per GPU, or one per CPU slot without GPUs)."""
+
+    num_gpus: float = Field(default=0, ge=0)
+    """GPUs per Ray actor."""
+
+    num_cpus: float = Field(default=1, gt=0)
+    """CPUs per Ray actor."""
+
+
+class StoreConfig(StrictModel):
+    url: str | None = None
+    """SQLAlchemy URL of the store (None: sqlite:///<run_dir>/store.sqlite)."""
+
+
+class RunConfig(StrictModel):
+    name: str = "demix-run"
+    """Run name (shown in reports)."""
+
+    output_dir: str = "runs/demix-run"
+    """Run directory: everything the run writes goes here; re-running resumes it."""
+
+    seed: int = 0
+    """Global seed."""
+
+    data: DataConfig
+    """Domains and splits."""
+
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    """Tokenizer to train or reuse."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """Architecture of the base (when trained here)."""
+
+    train: TrainingConfig = Field(default_factory=TrainingConfig)
+    """Training recipes for base, components, references and trained proxies."""
+
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    """Benchmarks and capabilities."""
+
+    merge: MergeConfig = Field(default_factory=MergeConfig)
+    """How proxies are merged."""
+
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    """Sampling, predictors, objective and rounds."""
+
+    fidelity: FidelityConfig = Field(default_factory=FidelityConfig)
+    """Reference models and fidelity metrics."""
+
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    """Where proxy evaluations run."""
+
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    """The results database."""
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{loc}'")
+        else:
+            lines.append(f"{loc}: {err['msg']}")
+    return f"invalid config {source}: " + "; ".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse one `dotted.key=value` override; the value is read as YAML (numbers, lists, ...)."""
+    if "=" not in text:
+        raise DemixError(f"override '{text}' has no '='", "write overrides as key.path=value, e.g. train.base.lr=3e-4")
+    key, _, raw = text.partition("=")
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise DemixError(f"override '{text}' has an empty key", "write overrides as key.path=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted overrides to a raw config dict (list items by index: data.domains.0.max_tokens=1e6)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node: Any = data
+        for i, part in enumerate(path[:-1]):
+            if isinstance(node, list):
+                node = node[int(part)]
+            else:
+                node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
+                raise DemixError(f"override '{text}': '{'.'.join(path[: i + 1])}' is not a section")
+        last = path[-1]
+        if isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return data
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None, source: str = "<dict>") -> RunConfig:
+    """Validate a raw dict (plus overrides) into a RunConfig, with one readable error."""
+    data = apply_overrides(dict(data), overrides or [])
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise DemixError(
+            _format_validation_error(exc, source), "see `demix init` for a commented example of every key"
+        ) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML config file and apply dotted overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise DemixError(f"config file '{path}' does not exist", "pass the path of a YAML config (`demix init` writes one)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise DemixError(f"config file '{path}' is not valid YAML: {exc}", "fix the YAML syntax") from None
+    if not isinstance(data, dict):
+        raise DemixError(f"config file '{path}' must hold a mapping at the top level")
+    return config_from_dict(data, overrides, source=str(path))
+
+
+def dump_config(config: RunConfig) -> str:
+    """The resolved config as YAML (written into every run directory)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    """Write the resolved config; atomically, so a crash never leaves half a file."""
+    from demix.rundir import atomic_write_text
+
+    atomic_write_text(Path(path), dump_config(config))
