@@ -1,0 +1,92 @@
+"""Mixtures: validation (here) and sampling inside exact bounds.
+
+A mixture is a dict ``{domain: weight}`` with non-negative weights summing to 1, every domain
+known. Weights are token shares: the fraction of training tokens drawn from each domain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+
+from demix.errors import DemixError
+
+#: Tolerance on the sum of weights (mixtures read from JSON/YAML carry rounding).
+SUM_TOLERANCE = 1e-6
+
+
+def validate_mixture(
+    weights: Mapping[str, float], domains: Sequence[str], normalize: bool = False
+) -> dict[str, float]:
+    """Check a mixture and return it as ``{domain: weight}`` in ``domains`` order.
+
+    Domains missing from ``weights`` get weight 0. Raises DemixError for an empty mixture,
+    unknown domains, negative or non-finite weights, or (unless ``normalize``) weights that do
+    not sum to 1.
+    """
+    if not weights:
+        raise DemixError("the mixture is empty", f"give a weight to at least one of the domains {list(domains)}")
+    unknown = [d for d in weights if d not in domains]
+    if unknown:
+        raise DemixError(
+            f"the mixture names unknown domain(s) {unknown}", f"use only the run's domains {list(domains)}"
+        )
+    out = {d: float(weights.get(d, 0.0)) for d in domains}
+    bad = {d: w for d, w in out.items() if not math.isfinite(w) or w < 0}
+    if bad:
+        raise DemixError(f"mixture weights must be finite and non-negative, got {bad}", "fix those weights")
+    total = sum(out.values())
+    if total <= 0:
+        raise DemixError("the mixture's weights are all zero", "give a positive weight to at least one domain")
+    if abs(total - 1.0) > SUM_TOLERANCE:
+        if not normalize:
+            raise DemixError(
+                f"the mixture's weights sum to {total:.6g}, not 1",
+                "give weights that sum to 1, or ask for normalisation (--normalize / merge.normalize: true)",
+            )
+    out = {d: w / total for d, w in out.items()}
+    return out
+
+
+def mixture_key(mixture: Mapping[str, float], digits: int = 6) -> str:
+    """A stable identity for a mixture: weights rounded to ``digits`` decimals, hashed.
+
+    Two mixtures with the same key are the same evaluation (the store never evaluates a key twice).
+    """
+    canon = {d: round(float(w), digits) for d, w in sorted(mixture.items()) if round(float(w), digits) != 0}
+    return hashlib.sha1(json.dumps(canon, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def parse_mixture(text: str) -> dict[str, float]:
+    """Parse a mixture from the command line: JSON (``{"general": 0.5, ...}``), a path to a
+    JSON file, or ``general=0.5,math=0.3,code=0.2``."""
+    from pathlib import Path
+
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DemixError(f"mixture '{text}' is not valid JSON ({exc})", 'write it as {"general": 0.5, "math": 0.5}') from None
+    elif text.endswith(".json"):
+        path = Path(text)
+        if not path.is_file():
+            raise DemixError(f"mixture file '{path}' does not exist", "pass an existing JSON file or domain=weight pairs")
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and "weights" in data:  # a best_mixture.json
+            data = data["weights"]
+    else:
+        data = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            name, sep, value = part.partition("=")
+            if not sep:
+                raise DemixError(f"mixture part '{part}' has no '='", "write the mixture as general=0.5,math=0.5")
+            try:
+                data[name.strip()] = float(value)
+            except ValueError:
+                raise DemixError(f"mixture weight '{value}' for '{name}' is not a number") from None
+    if not isinstance(data, dict):
+        raise DemixError(f"mixture '{text}' is not a mapping of domain to weight")
+    return {str(k): float(v) for k, v in data.items()}
