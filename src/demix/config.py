@@ -187,6 +187,10 @@ class TrainingConfig(StrictModel):
     device: str = "auto"
     """Training device: auto, cpu, cuda, cuda:0, ..."""
 
+    heldout_tokens: int = Field(default=8192, ge=0)
+    """Held-out tokens per trained domain scored before and after each training, recorded in the
+    model's demix.json as a sanity check (0: skip)."""
+
 
 # --------------------------------------------------------------------------- evaluation
 
@@ -204,23 +208,27 @@ class BenchmarkConfig(StrictModel):
     task: str | None = None
     """lm_eval: the harness task name (a shipped local task or one from `task_dirs`)."""
 
-    metric: str = "bits_per_byte"
+    metric: str | None = None
     """Metric key read from the evaluator's output (heldout_loss: bits_per_byte or loss_per_token;
-    lm_eval: acc, acc_norm, ...)."""
+    lm_eval: a metric of the task, e.g. acc, acc_norm, or `acc,<filter>`). None: bits_per_byte
+    for heldout_loss, the task's first metric for lm_eval."""
 
-    higher_is_better: bool = False
-    """Direction of the metric. Scores where lower is better are negated before any ranking."""
+    higher_is_better: bool | None = None
+    """Direction of the metric. None: known for heldout_loss (lower is better), read from the
+    task for lm_eval. Scores where lower is better are negated before any ranking."""
 
     limit: int | None = Field(default=None, gt=0)
-    """lm_eval: fixed number of samples (the first `limit` after a seeded shuffle)."""
+    """lm_eval: fixed number of samples (the first `limit` after a shuffle seeded by
+    evaluation.seed), the same for every proxy. None: all samples of the task."""
 
 
 class CapabilityConfig(StrictModel):
     name: str
     """Capability name (general, math, code, ...)."""
 
-    benchmarks: dict[str, float]
-    """Benchmark name -> weight in this capability's (sign-corrected) weighted mean."""
+    benchmarks: dict[str, float] = Field(min_length=1)
+    """Benchmark name -> weight (> 0) in this capability's weighted mean of sign-corrected
+    benchmark values."""
 
 
 class EvaluationConfig(StrictModel):
@@ -237,7 +245,11 @@ class EvaluationConfig(StrictModel):
     """Sequences per forward pass in held-out evaluation."""
 
     task_dirs: list[str] = Field(default_factory=list)
-    """Extra directories of lm-eval task YAML files."""
+    """Extra directories of lm-eval task YAML files (e.g. the harness's own task folders when the
+    machine has their datasets). Later directories override task names of earlier ones."""
+
+    seed: int = 0
+    """Seed of the fixed lm_eval sample subsets (`limit`) and of the shipped tasks' generated items."""
 
     device: str = "auto"
     """Evaluation device: auto, cpu, cuda, cuda:0, ..."""
@@ -308,6 +320,10 @@ class SearchConfig(StrictModel):
     top_k: int = Field(default=1280, gt=0)
     """The chosen mixture is the mean of the top-k candidates."""
 
+    region_size: int | None = Field(default=None, gt=0)
+    """Rounds after the first draw their proxies from this many best-ranked candidates of the
+    previous round's pool (None: top_k)."""
+
     predictor: Literal["auto", "lightgbm", "ridge"] = "auto"
     """Regressor from mixture to score (auto: ridge below 32 evaluations, else LightGBM)."""
 
@@ -352,8 +368,21 @@ class FidelityConfig(StrictModel):
     bootstrap: int = Field(default=1000, ge=0)
     """Bootstrap resamples for confidence intervals."""
 
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    """Two-sided level of the bootstrap confidence intervals."""
+
     seed: int = 0
     """Seed of reference sampling and bootstrap."""
+
+    audit_relative_delta: float = Field(default=0.5, gt=0)
+    """Merge audit: warn when a component's ||delta|| / ||base|| in a tensor group exceeds this
+    (critical above twice this). See docs/fidelity.md for why."""
+
+    audit_min_cosine: float = Field(default=-0.1, ge=-1, le=1)
+    """Merge audit: warn when two components' deltas have a cosine below this (they conflict)."""
+
+    audit_proxy_gap: float = Field(default=1.0, gt=0)
+    """Merge audit: warn when ||proxy - reference|| / ||reference - base|| reaches this."""
 
 
 class ExecutorConfig(StrictModel):

@@ -124,3 +124,9 @@ class RunDir:
     @property
     def fidelity(self) -> Path:
         return self.root / "fidelity"
+
+    # evaluation
+    @property
+    def eval_tasks(self) -> Path:
+        """lm-eval tasks written for this run (shipped tasks with their data; see demix.evaluation)."""
+        return self.root / "eval" / "tasks"

@@ -1,0 +1,71 @@
+"""`demix search`: evaluate merged proxies, fit predictors, rank a candidate pool, pick the mixture."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from demix.cli import app
+from demix.cli._common import ConfigArg, OverridesOpt, QuietOpt, console, open_run, stage_header
+
+
+def merged_proxy_scorer(config, run, device: str):
+    """The pipeline's scorer: write the merged proxy of a mixture into one resident model, evaluate it."""
+    from demix.errors import DemixError
+
+    try:
+        from demix.evaluation import Evaluator
+        from demix.merging import ProxyBuilder
+    except ImportError as exc:  # the merging / evaluation stages are optional plug-ins of this verb
+        raise DemixError(f"the proxy builder or evaluator is not available ({exc})", "install demix with its merging and evaluation modules") from None
+    builder = ProxyBuilder.from_run(config, run, device)
+    evaluator = Evaluator.from_run(config, run, device)
+
+    def scorer(mixture: dict[str, float]):
+        builder.build(mixture)
+        return evaluator.evaluate(builder.model)
+
+    return scorer
+
+
+@app.command("search")
+def search_cmd(
+    config: ConfigArg,
+    overrides: OverridesOpt = None,
+    device: Annotated[str, typer.Option(help="Device for proxies and evaluation: auto, cpu, cuda, cuda:0, ...")] = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Search the data mixture: merge a proxy for each sampled mixture, evaluate it, fit predictors, rank.
+
+    Runs the rounds of search.rounds: round 0 samples mixtures around the token prior, later rounds the predicted top region. Every evaluation is committed to the run's store; running the command again on the same run directory resumes, and stored mixtures are never evaluated twice.
+
+    Writes search/round_<r>/ (plan, predictors, CV report, pool, Pareto front) and best_mixture.json. Needs `demix prepare` and trained components first.
+    """
+    from demix.search import read_token_counts, run_search
+
+    cfg, run = open_run(config, overrides, quiet)
+    stage_header("search", "evaluate merged proxies, fit predictors, rank candidates", run.best_mixture)
+    token_counts = read_token_counts(run, cfg.data.domain_names)
+    scorer = merged_proxy_scorer(cfg, run, device if device != "auto" else cfg.evaluation.device)
+    result = run_search(cfg, run, scorer, token_counts, progress=not quiet)
+
+    from rich.table import Table
+
+    console.quiet = False
+    best = result.best
+    table = Table(title=f"chosen mixture (mean of top {best['top_k']['k']} of {best['top_k']['pool_size']:,} candidates)")
+    for col in ("domain", "token share", "top-k std", "tokens", "epochs"):
+        table.add_column(col, justify="left" if col == "domain" else "right")
+    for d, w in best["weights"].items():
+        tokens = best.get("tokens", {}).get(d)
+        epochs = best.get("epochs", {}).get(d)
+        table.add_row(
+            d, f"{w:.4f}", f"{best['top_k']['spread'][d]['std']:.4f}",
+            f"{tokens:,}" if tokens is not None else "-", f"{epochs:.2f}" if epochs is not None else "-",
+        )
+    console.print(table)
+    console.print(
+        f"{result.evaluations} evaluations in the store ({result.evaluated_now} new this run); wrote {result.path}\n"
+        f"export it with: demix export {run.root} --to megatron|nemo|nanotron|olmo-core|hf-datasets|mosaic|json"
+    )

@@ -1,0 +1,105 @@
+"""`demix train base|components|reference|trained-proxy`: the training stages."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from demix.cli import app
+from demix.cli._common import ConfigArg, OverridesOpt, QuietOpt, console, open_run, stage_header
+
+train_app = typer.Typer(
+    help=(
+        "Train the models DeMix merges: the base (pretrained on the general domain), then one "
+        "component per domain (continued from the base on about half general, half domain data). "
+        "Also reference models and trained proxies on a given mixture, for fidelity checks. "
+        "Finished models are skipped; an interrupted training resumes from its last checkpoint."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(train_app, name="train")
+
+MixtureOpt = Annotated[
+    str,
+    typer.Option(
+        "--mixture",
+        "-m",
+        help="Domain weights summing to 1: general=0.5,math=0.3,code=0.2, JSON, or a .json file.",
+    ),
+]
+
+
+def _print_result(label: str, result) -> None:
+    from demix.training import provenance_summary
+
+    console.print(f"[bold]{label}[/]: {provenance_summary(result)}")
+
+
+@train_app.command("base")
+def base(config: ConfigArg, overrides: OverridesOpt = None, quiet: QuietOpt = False) -> None:
+    """Pretrain the base model from scratch on the general domain (or check model.base_path)."""
+    cfg, run = open_run(config, overrides, quiet)
+    from demix.training import base_dir, train_base
+
+    what = (
+        f"checking the given base {cfg.model.base_path}"
+        if cfg.model.base_path
+        else f"pretraining a {cfg.model.architecture} base on '{cfg.data.general_domain}' "
+        f"for {cfg.train.base.tokens:,} tokens"
+    )
+    stage_header("train base", what, base_dir(cfg, run))
+    _print_result("base", train_base(cfg, run, show_progress=not quiet))
+
+
+@train_app.command("components")
+def components(
+    config: ConfigArg,
+    domain: Annotated[
+        list[str] | None,
+        typer.Option("--domain", "-d", help="Train only this domain's component (repeatable). Default: all."),
+    ] = None,
+    overrides: OverridesOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train one component per domain from the base (general_share general data + the domain)."""
+    cfg, run = open_run(config, overrides, quiet)
+    from demix.training import train_components
+
+    share = cfg.train.components.general_share
+    stage_header(
+        "train components",
+        f"continuing the base on each domain ({share:.0%} general data) for "
+        f"{cfg.train.components.tokens:,} tokens each",
+        run.models / "components",
+    )
+    for name, result in train_components(cfg, run, domain or None, show_progress=not quiet).items():
+        _print_result(f"component {name}", result)
+
+
+def _train_mixture(config, overrides, quiet, mixture: str, role: str) -> None:
+    cfg, run = open_run(config, overrides, quiet)
+    from demix.mixtures import mixture_key, parse_mixture, validate_mixture
+    from demix.training import reference_recipe, train_on_mixture
+
+    weights = validate_mixture(parse_mixture(mixture), cfg.data.domain_names, normalize=cfg.merge.normalize)
+    key = mixture_key(weights)
+    if role == "reference":
+        recipe, out = reference_recipe(cfg), run.reference(key)
+    else:
+        recipe, out = cfg.train.trained_proxy, run.trained_proxy(key)
+    shown = ", ".join(f"{d}={w:.3g}" for d, w in weights.items() if w > 0)
+    stage_header(f"train {role.replace('_', ' ')}", f"continuing the base on {shown} for {recipe.tokens:,} tokens", out)
+    _print_result(role.replace("_", " "), train_on_mixture(cfg, run, weights, out, recipe, role, show_progress=not quiet))
+
+
+@train_app.command("reference")
+def reference(config: ConfigArg, mixture: MixtureOpt, overrides: OverridesOpt = None, quiet: QuietOpt = False) -> None:
+    """Train a reference model on a mixture (train.reference recipe), the ground truth for proxies."""
+    _train_mixture(config, overrides, quiet, mixture, "reference")
+
+
+@train_app.command("trained-proxy")
+def trained_proxy(config: ConfigArg, mixture: MixtureOpt, overrides: OverridesOpt = None, quiet: QuietOpt = False) -> None:
+    """Train a short proxy on a mixture (train.trained_proxy recipe): the RegMix-style baseline."""
+    _train_mixture(config, overrides, quiet, mixture, "trained_proxy")

@@ -1,0 +1,62 @@
+"""Evaluation: held-out loss per domain and lm-evaluation-harness tasks, scored on resident proxies.
+
+Pure pieces (no torch; safe to import from the search, store and report):
+
+- :func:`resolve_benchmarks`, :func:`resolve_capabilities`: the run's benchmarks and
+  capabilities with defaults filled in (one ``heldout:<domain>`` benchmark and one capability
+  per domain when the config lists none).
+- :class:`EvalResult`, :func:`aggregate_capabilities`, :func:`sign_correct`.
+
+Heavy pieces (torch; imported on first use):
+
+- :class:`Evaluator`: ``Evaluator.from_run(config, run, device).evaluate(model) -> EvalResult``.
+- :class:`HeldoutLoss`, :func:`token_byte_lengths` (``demix.evaluation.heldout``).
+- :class:`Harness` (``demix.evaluation.harness``), shipped tasks (``demix.evaluation.local_tasks``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from demix.evaluation.benchmarks import (
+    HELDOUT_METRICS,
+    Benchmark,
+    Capability,
+    EvalResult,
+    aggregate_capabilities,
+    heldout_benchmark_name,
+    resolve_benchmarks,
+    resolve_capabilities,
+    sign_correct,
+)
+
+_LAZY = {
+    "Evaluator": "demix.evaluation.evaluator",
+    "resolve_device": "demix.evaluation.evaluator",
+    "HeldoutLoss": "demix.evaluation.heldout",
+    "token_byte_lengths": "demix.evaluation.heldout",
+    "Harness": "demix.evaluation.harness",
+    "materialize_tasks": "demix.evaluation.local_tasks",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'demix.evaluation' has no attribute {name!r}")
+
+
+__all__ = [
+    "HELDOUT_METRICS",
+    "Benchmark",
+    "Capability",
+    "EvalResult",
+    "aggregate_capabilities",
+    "heldout_benchmark_name",
+    "resolve_benchmarks",
+    "resolve_capabilities",
+    "sign_correct",
+    *_LAZY,
+]

@@ -1,0 +1,249 @@
+"""lm-evaluation-harness tasks scored on a resident model.
+
+The harness runs fully offline here: local task YAML (``dataset_path: json`` with local
+``data_files``) found through ``TaskManager(include_path=..., include_defaults=False)`` (the
+default manager spends about 15 s indexing every task), ``HFLM(pretrained=<the resident model>)``,
+``bootstrap_iters=0`` and no per-sample logs.
+
+Caching, and what is never cached:
+
+- Tasks are loaded once (datasets read, fixed sample subsets drawn) and their requests (the
+  prompt strings of every sample) are built on the first evaluation and reused for every later
+  proxy, in memory. This is what the harness's own request cache does, but its on-disk cache is
+  keyed by task name only (two runs' ``demix_heldout_mc_general`` tasks would collide) and stored
+  as pickles; an in-memory one has neither problem.
+- The tokenisation of each (context, continuation) pair is memoised: it depends on the tokenizer
+  alone.
+- Model outputs are NEVER cached: every proxy has the same name and object and different
+  weights, so a result cache keyed by model (the harness's ``use_cache``) would return stale
+  scores. Every call runs the model on every request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from demix.errors import DemixError, require
+from demix.evaluation.benchmarks import Benchmark
+
+log = logging.getLogger("demix.evaluation")
+
+
+def _offline() -> None:
+    # Local tasks only: never let datasets / hub reach for the network.
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+
+
+def task_files(dirs: Sequence[str | Path]) -> list[Path]:
+    """Every task YAML file under ``dirs`` (recursively), in a stable order."""
+    out = []
+    for d in dirs:
+        out.extend(sorted(p for p in Path(d).rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()))
+    return out
+
+
+def check_task_dirs(dirs: Sequence[str | Path]) -> None:
+    """Parse every task file under ``dirs`` the way the harness does (``!function`` unresolved).
+
+    The harness's indexer skips a file that does not parse without a word, and the task then
+    looks missing; this names the file and the parse error instead.
+    """
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    for d in dirs:
+        if not Path(d).is_dir():
+            raise DemixError(f"lm_eval task directory '{d}' does not exist", "fix evaluation.task_dirs")
+    for path in task_files(dirs):
+        try:
+            cfg = load_yaml(path, resolve_func=False, recursive=True)
+        except Exception as exc:  # yaml.YAMLError, ValueError (not a mapping, include cycle), OSError
+            raise DemixError(
+                f"lm_eval task file '{path}' does not parse: {type(exc).__name__}: {exc}".rstrip(),
+                "fix the YAML (or remove the file from the task directory)",
+            ) from None
+        if not any(k in cfg for k in ("task", "group", "tag", "include", "class")):
+            raise DemixError(
+                f"lm_eval task file '{path}' defines no task (no 'task' or 'group' key)",
+                "add `task: <name>` (see docs/evaluation.md), or move the file out of the task directory",
+            )
+
+
+def _resident_lm_class() -> type:
+    """HFLM for a model held in memory, without progress bars, with memoised tokenisation."""
+    from lm_eval.models.huggingface import HFLM
+
+    class ResidentLM(HFLM):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._pair_cache: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
+
+        def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+            key = (context, continuation)
+            hit = self._pair_cache.get(key)
+            if hit is None:
+                hit = self._pair_cache[key] = super()._encode_pair(context, continuation)
+            return hit
+
+        def loglikelihood(self, requests, disable_tqdm: bool = True):
+            return super().loglikelihood(requests, disable_tqdm=True)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = True):
+            return super().loglikelihood_rolling(requests, disable_tqdm=True)
+
+        def generate_until(self, requests, disable_tqdm: bool = True):
+            return super().generate_until(requests, disable_tqdm=True)
+
+    return ResidentLM
+
+
+def _reuse_requests(task: Any) -> None:
+    """Build the task's requests once; later evaluations get the same requests, answers cleared."""
+    build = task.build_all_requests
+    built: dict[Any, list] = {}
+
+    def build_once(**kwargs: Any) -> None:
+        key = (kwargs.get("limit"), tuple(kwargs.get("samples") or ()), kwargs.get("rank"), kwargs.get("world_size"))
+        if key in built:
+            for inst in built[key]:
+                inst.resps.clear()
+                inst.filtered_resps.clear()
+            task._instances = built[key]
+            return
+        build(**kwargs)
+        built[key] = task._instances
+
+    task.build_all_requests = build_once
+
+
+class Harness:
+    """The lm_eval benchmarks of a run: tasks loaded once, scored on any resident model."""
+
+    def __init__(
+        self,
+        benchmarks: Sequence[Benchmark],
+        task_dirs: Sequence[str | Path],
+        tokenizer: Any,
+        batch_size: int = 16,
+        seed: int = 0,
+    ) -> None:
+        require("lm_eval", extra="eval")
+        _offline()
+        from lm_eval.tasks import TaskManager
+
+        self.tokenizer = tokenizer
+        self.batch_size = int(batch_size)
+        self.task_dirs = [Path(d) for d in task_dirs]
+        check_task_dirs(self.task_dirs)
+        manager = TaskManager(include_path=[str(d) for d in self.task_dirs], include_defaults=False)
+        names = list(dict.fromkeys(b.task for b in benchmarks))
+        missing = [t for t in names if t not in manager.all_tasks]
+        if missing:
+            shown = ", ".join(manager.all_tasks[:30]) or "none"
+            raise DemixError(
+                f"lm_eval task(s) {missing} not found in {[str(d) for d in self.task_dirs]} (found: {shown})",
+                "use a shipped task (demix_math, demix_humaneval, demix_humaneval_bpb, demix_heldout_mc_<domain>) "
+                "or add the directory holding the task's YAML to evaluation.task_dirs",
+            )
+        try:
+            self.task_dict = manager.load(names)
+        except Exception as exc:  # the harness raises many kinds for a bad task (datasets, jinja, keys)
+            raise DemixError(
+                f"lm_eval could not load task(s) {names}: {type(exc).__name__}: {exc}",
+                "check the task YAML and that its data_files exist (the run is offline: no hub datasets)",
+            ) from None
+        leaf = self.task_dict["tasks"]
+        groups = self.task_dict["groups"]
+        for task in leaf.values():
+            if hasattr(task, "set_fewshot_seed"):
+                task.set_fewshot_seed(seed)
+            _reuse_requests(task)
+
+        # Metrics and directions: read from the (leaf) task; a group's are checked on the first run.
+        self.benchmarks: list[Benchmark] = []
+        for b in benchmarks:
+            if b.task in leaf:
+                task = leaf[b.task]
+                declared = task.higher_is_better() or {}
+                metric = b.metric or next(iter(declared), None)
+                base = (metric or "").split(",")[0]
+                if metric is None or base not in declared:
+                    raise DemixError(
+                        f"benchmark '{b.name}' asks for unknown metric '{metric}' of lm_eval task '{b.task}'",
+                        f"use one of {sorted(declared)}",
+                    )
+                self.benchmarks.append(b.with_metric(metric, bool(declared[base])))
+            else:
+                if b.metric is None:
+                    raise DemixError(
+                        f"benchmark '{b.name}' reads group '{b.task}', which needs an explicit metric",
+                        "set metric (and higher_is_better) for this benchmark",
+                    )
+                self.benchmarks.append(b.with_metric(b.metric, True if b.higher_is_better is None else b.higher_is_better))
+
+        # Fixed sample subsets: the first `limit` documents of a seeded permutation, per leaf task.
+        self.samples: dict[str, list[int]] = {}
+        limits: dict[str, int | None] = {}
+        for b in self.benchmarks:
+            members = [b.task] if b.task in leaf else [t.task_name for t in groups[b.task].get_all_tasks()]
+            for t in members:
+                if t in limits and limits[t] != b.limit:
+                    raise DemixError(
+                        f"lm_eval task '{t}' is read by benchmarks with different limits ({limits[t]} and {b.limit})",
+                        "give every benchmark of the same task the same limit",
+                    )
+                limits[t] = b.limit
+        for t, limit in limits.items():
+            n = len(leaf[t].eval_docs)
+            if n == 0:
+                raise DemixError(f"lm_eval task '{t}' has no documents", "check its data_files")
+            if limit is not None and limit < n:
+                rng = np.random.default_rng(seed)
+                self.samples[t] = sorted(int(i) for i in rng.permutation(n)[:limit])
+        self._lm: Any = None
+
+    def _lm_for(self, model: Any) -> Any:
+        # The wrapper is kept while the model object is the same (its weights may change in place:
+        # nothing computed from them is kept), and rebuilt for another object.
+        if self._lm is None or self._lm._model is not model:
+            self._lm = _resident_lm_class()(pretrained=model, tokenizer=self.tokenizer, batch_size=self.batch_size)
+        return self._lm
+
+    def evaluate(self, model: Any) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+        """({benchmark name: value}, {benchmark name: details}) of ``model`` on the tasks."""
+        from lm_eval.evaluator import evaluate
+
+        was_training = model.training
+        model.eval()
+        try:
+            out = evaluate(
+                self._lm_for(model),
+                self.task_dict,
+                samples=self.samples or None,
+                bootstrap_iters=0,
+                log_samples=False,
+            )
+        finally:
+            model.train(was_training)
+        results = out["results"]
+        values, details = {}, {}
+        for b in self.benchmarks:
+            key = b.metric if "," in b.metric else f"{b.metric},none"
+            row = results.get(b.task, {})
+            if key not in row:
+                have = sorted(k for k in row if not k.endswith("_stderr") and "," in k and "stderr" not in k)
+                raise DemixError(
+                    f"benchmark '{b.name}': lm_eval task '{b.task}' reported no metric '{key}'",
+                    f"use one of {have}",
+                )
+            values[b.name] = float(row[key])
+            n = row.get("sample_len") or out.get("n-samples", {}).get(b.task, {}).get("effective")
+            details[b.name] = {"task": b.task, "metric": key, "samples": n}
+        return values, details

@@ -1,0 +1,147 @@
+"""Reading checkpoints tensor by tensor, and naming the tensor group of a parameter.
+
+Weights are read from safetensors only (``safe_open``, memory-mapped, one tensor at a time);
+nothing is unpickled. A checkpoint is an HF directory with ``model.safetensors`` or a sharded
+``model.safetensors.index.json``; an in-memory ``{name: tensor}`` mapping (e.g. a resident
+proxy's ``state_dict()``) is accepted wherever a directory is.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from demix.errors import DemixError
+
+#: Tensor groups, in the order their patterns are tried (first match wins). Patterns match
+#: dotted parameter names of Llama / Qwen / Mistral (``model.layers.0.self_attn.q_proj``),
+#: GPT-2 (``transformer.h.0.attn.c_attn``, ``ln_1``, ``wte``), GPT-NeoX (``embed_in``,
+#: ``attention.query_key_value``, ``embed_out``) and Falcon / BLOOM style names.
+GROUP_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("embeddings", re.compile(r"(^|\.)(embed_tokens|wte|wpe|word_embeddings|tok_embeddings|embed_in|position_embeddings|embed_positions)(\.|$)")),
+    ("lm_head", re.compile(r"(^|\.)(lm_head|embed_out)(\.|$)|^output\.weight$")),
+    ("norms", re.compile(r"(^|\.)([a-z_]*norm[a-z_0-9]*|ln_\w+|ln_f)(\.|$)")),
+    ("attention", re.compile(r"(^|\.)(self_attn|attn|attention|self_attention)(\.|$)|(^|\.)(q_proj|k_proj|v_proj|o_proj|c_attn|query_key_value|qkv_proj|wqkv)(\.|$)")),
+    ("mlp", re.compile(r"(^|\.)(mlp|feed_forward|ffn)(\.|$)|(^|\.)(gate_proj|up_proj|down_proj|c_fc|fc1|fc2|dense_h_to_4h|dense_4h_to_h|w1|w2|w3)(\.|$)")),
+)
+
+GROUPS = tuple(g for g, _ in GROUP_PATTERNS) + ("other",)
+
+
+def tensor_group(name: str) -> str:
+    """The group of a parameter name: embeddings, lm_head, norms, attention, mlp or other."""
+    for group, pattern in GROUP_PATTERNS:
+        if pattern.search(name):
+            return group
+    return "other"
+
+
+def _shard_map(directory: Path) -> dict[str, Path]:
+    """Tensor name -> safetensors file of an HF checkpoint directory."""
+    single = directory / "model.safetensors"
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise DemixError(f"checkpoint index '{index}' is unreadable ({exc})", "re-save the checkpoint") from None
+        return {name: directory / fname for name, fname in weight_map.items()}
+    if single.is_file():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(single), framework="pt") as fh:
+                return {name: single for name in fh.keys()}
+        except Exception as exc:  # safetensors raises its own error types for truncated files
+            raise DemixError(f"checkpoint file '{single}' is unreadable ({exc})", "re-save or re-copy the checkpoint") from None
+    if not directory.is_dir():
+        raise DemixError(f"checkpoint directory '{directory}' does not exist", "pass an HF checkpoint directory")
+    pickled = [p.name for p in directory.glob("*.bin")] + [p.name for p in directory.glob("*.pt")]
+    hint = (
+        f"it holds {pickled}, which demix never unpickles; convert it to safetensors "
+        "(model.save_pretrained(dir, safe_serialization=True))" if pickled else "save it with save_pretrained"
+    )
+    raise DemixError(f"checkpoint directory '{directory}' has no model.safetensors or model.safetensors.index.json", hint)
+
+
+class TensorSource:
+    """Named tensors of one checkpoint, read lazily one at a time.
+
+    Use as a context manager; :meth:`get` returns the tensor in its stored dtype.
+    """
+
+    def __init__(self, source: str | Path | Mapping[str, Any], label: str | None = None) -> None:
+        self._mapping: Mapping[str, Any] | None = None
+        self._files: dict[str, Path] = {}
+        if isinstance(source, Mapping):
+            self._mapping = source
+            self.label = label or "<in-memory model>"
+        else:
+            self.path = Path(source)
+            self.label = label or str(self.path)
+            self._files = _shard_map(self.path)
+        self._stack = ExitStack()
+        self._handles: dict[Path, Any] = {}
+
+    def __enter__(self) -> "TensorSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+        self._handles.clear()
+
+    def names(self) -> list[str]:
+        return list(self._mapping) if self._mapping is not None else list(self._files)
+
+    def __contains__(self, name: str) -> bool:
+        return name in (self._mapping if self._mapping is not None else self._files)
+
+    def _handle(self, path: Path) -> Any:
+        if path not in self._handles:
+            from safetensors import safe_open
+
+            if not path.is_file():
+                raise DemixError(f"checkpoint shard '{path}' is missing", "re-copy the whole checkpoint directory")
+            self._handles[path] = self._stack.enter_context(safe_open(str(path), framework="pt"))
+        return self._handles[path]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if self._mapping is not None:
+            return tuple(self._mapping[name].shape)
+        return tuple(self._handle(self._files[name]).get_slice(name).get_shape())
+
+    def get(self, name: str):
+        """The tensor ``name`` (a torch.Tensor), or a DemixError naming the checkpoint."""
+        if name not in self:
+            raise DemixError(
+                f"tensor '{name}' is missing from {self.label}",
+                "all checkpoints must share the base's architecture (same parameter names)",
+            )
+        if self._mapping is not None:
+            return self._mapping[name].detach()
+        try:
+            return self._handle(self._files[name]).get_tensor(name)
+        except DemixError:
+            raise
+        except Exception as exc:
+            raise DemixError(f"tensor '{name}' of {self.label} is unreadable ({exc})", "re-save or re-copy the checkpoint") from None
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    """An HF checkpoint's ``config.json`` (empty dict when absent)."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DemixError(f"'{path}' is not valid JSON ({exc})", "re-save the checkpoint") from None
+
+
+def iter_shapes(source: TensorSource) -> Iterator[tuple[str, tuple[int, ...]]]:
+    for name in source.names():
+        yield name, source.shape(name)

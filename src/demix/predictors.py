@@ -1,0 +1,215 @@
+"""Predictors: regressors from a mixture (a row of domain weights) to scores, one per target.
+
+A target is a benchmark or a capability, always on the higher-is-better scale (the search
+negates lower-is-better benchmarks before fitting). Two kinds share one interface:
+
+- ``lightgbm``: the DeMix reference (300 boosting rounds, learning rate 0.01), with the
+  small-sample settings adapted to n: LightGBM's default ``min_child_samples=20`` cannot split
+  a node of a few dozen proxies, so it is ``max(2, min(20, n // 8))``.
+- ``ridge``: a linear model (scikit-learn RidgeCV, penalty chosen by leave-one-out), the
+  fallback for small n where trees overfit.
+
+``auto`` picks ridge below :data:`AUTO_MIN_LIGHTGBM` evaluations. Fits are saved as text
+(LightGBM model files, Ridge coefficients in JSON), never pickled.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from demix.errors import DemixError
+from demix.rundir import atomic_write_text, write_json
+
+#: ``auto`` uses LightGBM from this many evaluations on, Ridge below.
+AUTO_MIN_LIGHTGBM = 32
+#: The reference LightGBM settings of the DeMix code.
+LIGHTGBM_ROUNDS = 300
+LIGHTGBM_LEARNING_RATE = 0.01
+KINDS = ("auto", "lightgbm", "ridge")
+
+
+def resolve_kind(kind: str, n: int) -> str:
+    """The concrete predictor kind for ``n`` training rows."""
+    if kind not in KINDS:
+        raise DemixError(f"unknown predictor '{kind}'", f"use one of {', '.join(KINDS)}")
+    if kind == "auto":
+        return "lightgbm" if n >= AUTO_MIN_LIGHTGBM else "ridge"
+    return kind
+
+
+def lightgbm_params(n: int, seed: int = 0) -> dict[str, Any]:
+    """LightGBM settings for ``n`` training rows (reference rounds and rate; leaves and minimum
+    child size scaled so that trees can split on a few dozen rows)."""
+    return {
+        "objective": "regression",
+        "n_estimators": LIGHTGBM_ROUNDS,
+        "learning_rate": LIGHTGBM_LEARNING_RATE,
+        "num_leaves": 31 if n >= 256 else 15,
+        "min_child_samples": max(2, min(20, n // 8)),
+        "min_data_in_bin": 1,
+        "subsample": 1.0,
+        "colsample_bytree": 1.0,
+        "random_state": seed,
+        "deterministic": True,
+        "force_row_wise": True,
+        # One thread: fits are tiny, and threads fight the evaluations for the cores.
+        "num_threads": 1,
+        "verbose": -1,
+    }
+
+
+@dataclass
+class Predictors:
+    """One fitted regressor per target; ``predict`` returns ``{target: scores}``."""
+
+    kind: str
+    domains: list[str]
+    targets: list[str]
+    models: dict[str, Any] = field(repr=False)
+    n: int = 0
+    num_threads: int = 0
+    """Threads for LightGBM prediction (0: LightGBM's default, the OpenMP setting)."""
+
+    def predict(self, weights: np.ndarray, targets: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Predicted scores (higher is better) for each row of ``weights`` (n, K)."""
+        X = np.ascontiguousarray(np.atleast_2d(weights), dtype=np.float64)
+        if X.shape[1] != len(self.domains):
+            raise DemixError(
+                f"mixtures have {X.shape[1]} columns, the predictors were fitted on {len(self.domains)} domains",
+                "give one column per domain, in the fit's order",
+            )
+        out: dict[str, np.ndarray] = {}
+        for t in targets if targets is not None else self.targets:
+            if t not in self.models:
+                raise DemixError(f"no predictor for '{t}'", f"known targets: {self.targets}")
+            model = self.models[t]
+            if self.kind == "lightgbm":
+                out[t] = model.predict(X, num_threads=self.num_threads)
+            else:
+                coef, intercept = model
+                out[t] = X @ coef + intercept
+        return out
+
+    def predict_matrix(self, weights: np.ndarray, targets: Sequence[str]) -> np.ndarray:
+        """Predictions as an (n, len(targets)) array."""
+        pred = self.predict(weights, targets)
+        return np.stack([pred[t] for t in targets], axis=1) if targets else np.zeros((len(weights), 0))
+
+    def save(self, directory: Path) -> None:
+        """Write the fit as text: ``predictors.json`` plus one LightGBM model file per target."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta: dict[str, Any] = {"kind": self.kind, "domains": self.domains, "targets": self.targets, "n": self.n}
+        if self.kind == "lightgbm":
+            files = {}
+            for i, t in enumerate(self.targets):
+                name = f"lightgbm_{i}.txt"
+                atomic_write_text(directory / name, self.models[t].model_to_string())
+                files[t] = name
+            meta["files"] = files
+        else:
+            meta["ridge"] = {t: {"coef": list(map(float, c)), "intercept": float(b)} for t, (c, b) in self.models.items()}
+        write_json(directory / "predictors.json", meta)
+
+    @classmethod
+    def load(cls, directory: Path) -> "Predictors":
+        """Read a fit written by :meth:`save`."""
+        directory = Path(directory)
+        path = directory / "predictors.json"
+        try:
+            meta = json.loads(path.read_text())
+            if meta["kind"] == "lightgbm":
+                import lightgbm as lgb
+
+                models = {t: lgb.Booster(model_str=(directory / f).read_text()) for t, f in meta["files"].items()}
+            else:
+                models = {t: (np.array(v["coef"]), float(v["intercept"])) for t, v in meta["ridge"].items()}
+        except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
+            raise DemixError(f"cannot read the predictor fit in '{directory}' ({exc})", "rerun `demix search` to refit") from None
+        return cls(meta["kind"], list(meta["domains"]), list(meta["targets"]), models, int(meta.get("n", 0)))
+
+
+def _check_xy(X: np.ndarray, Y: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise DemixError(f"need a non-empty (n, K) array of mixtures to fit, got shape {X.shape}", "evaluate some mixtures first")
+    Ys = {}
+    for t, y in Y.items():
+        y = np.asarray(y, dtype=np.float64).reshape(-1)
+        if y.shape[0] != X.shape[0]:
+            raise DemixError(f"target '{t}' has {y.shape[0]} values for {X.shape[0]} mixtures", "give one score per mixture")
+        if not np.all(np.isfinite(y)):
+            raise DemixError(f"target '{t}' has non-finite scores", "check the evaluations in the store (NaN or Inf)")
+        Ys[t] = y
+    return X, Ys
+
+
+def _fit_one(kind: str, X: np.ndarray, y: np.ndarray, seed: int) -> Any:
+    if kind == "lightgbm":
+        import lightgbm as lgb
+
+        params = lightgbm_params(X.shape[0], seed)
+        n_rounds = params.pop("n_estimators")
+        # The lower-level train API: the sklearn wrapper adds nothing but a second copy of the data.
+        params["seed"] = params.pop("random_state")
+        params["bagging_fraction"] = params.pop("subsample")
+        params["feature_fraction"] = params.pop("colsample_bytree")
+        return lgb.train(params, lgb.Dataset(X, label=y, params={"verbose": -1, "min_data_in_bin": 1}), num_boost_round=n_rounds)
+    from sklearn.linear_model import RidgeCV
+
+    model = RidgeCV(alphas=np.logspace(-6, 2, 17)).fit(X, y)
+    return (np.asarray(model.coef_, dtype=float), float(model.intercept_))
+
+
+def fit_predictors(
+    X: np.ndarray, Y: Mapping[str, np.ndarray], kind: str = "auto", domains: Sequence[str] | None = None, seed: int = 0
+) -> Predictors:
+    """Fit one regressor per target of ``Y`` ({target: scores, higher is better}) on mixtures ``X`` (n, K)."""
+    X, Ys = _check_xy(X, Y)
+    concrete = resolve_kind(kind, X.shape[0])
+    models = {t: _fit_one(concrete, X, y, seed) for t, y in Ys.items()}
+    names = list(domains) if domains is not None else [f"w{i}" for i in range(X.shape[1])]
+    return Predictors(concrete, names, list(Ys), models, n=X.shape[0])
+
+
+def cross_validate(
+    X: np.ndarray, Y: Mapping[str, np.ndarray], kind: str = "auto", folds: int = 5, seed: int = 0
+) -> dict[str, dict[str, Any]]:
+    """k-fold cross-validation per target: Spearman rho, MAE and RMSE of the out-of-fold
+    predictions, with the n behind them. Returns ``{target: {spearman, mae, rmse, n, folds, kind}}``;
+    spearman is None where it is undefined (constant scores or predictions)."""
+    from scipy.stats import spearmanr
+    from sklearn.model_selection import KFold
+
+    X, Ys = _check_xy(X, Y)
+    n = X.shape[0]
+    k = min(folds, n)
+    if k < 2:
+        return {t: {"spearman": None, "mae": None, "rmse": None, "n": n, "folds": 0, "kind": resolve_kind(kind, n)} for t in Ys}
+    splits = list(KFold(n_splits=k, shuffle=True, random_state=seed).split(X))
+    report: dict[str, dict[str, Any]] = {}
+    for t, y in Ys.items():
+        oof = np.empty(n)
+        for train, test in splits:
+            # The kind is resolved on the fold's size, as the final fit resolves it on n.
+            model = _fit_one(resolve_kind(kind, len(train)), X[train], y[train], seed)
+            oof[test] = model.predict(X[test]) if not isinstance(model, tuple) else X[test] @ model[0] + model[1]
+        err = oof - y
+        rho = None
+        if np.ptp(y) > 0 and np.ptp(oof) > 0:
+            rho = float(spearmanr(y, oof).statistic)
+        report[t] = {
+            "spearman": rho,
+            "mae": float(np.mean(np.abs(err))),
+            "rmse": float(np.sqrt(np.mean(err**2))),
+            "n": n,
+            "folds": k,
+            "kind": resolve_kind(kind, n),
+        }
+    return report

@@ -1,0 +1,209 @@
+"""Models and checkpoints: build a fresh base from ModelConfig, load HF checkpoints from
+safetensors only, hash weights, and check that checkpoints can be merged with the base."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from demix.config import ModelConfig
+from demix.errors import DemixError
+from demix.rundir import RunDir
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+
+
+def load_tokenizer(run: RunDir):
+    """The run's tokenizer (``run.tokenizer``, written by `demix prepare`)."""
+    from transformers import AutoTokenizer
+
+    if not (run.tokenizer / "tokenizer.json").is_file() and not (run.tokenizer / "tokenizer_config.json").is_file():
+        raise DemixError(f"the run has no tokenizer at '{run.tokenizer}'", "run `demix prepare CONFIG` first")
+    # Never run tokenizer code shipped with a directory: the run's tokenizer is a plain fast tokenizer.
+    return AutoTokenizer.from_pretrained(str(run.tokenizer), trust_remote_code=False)
+
+
+def build_model(model: ModelConfig, tokenizer, seed: int) -> torch.nn.Module:
+    """A freshly initialised decoder-only HF model of the configured shape (fp32), its vocabulary
+    the tokenizer's, initialised from ``seed``."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config, set_seed
+
+    if model.hidden_size % model.num_heads:
+        raise DemixError(
+            f"model.hidden_size={model.hidden_size} is not divisible by model.num_heads={model.num_heads}",
+            "choose a hidden size that is a multiple of the number of heads",
+        )
+    kv_heads = model.num_kv_heads or model.num_heads
+    if model.num_heads % kv_heads:
+        raise DemixError(
+            f"model.num_heads={model.num_heads} is not a multiple of model.num_kv_heads={kv_heads}",
+            "choose num_kv_heads dividing num_heads (or leave it unset)",
+        )
+    common: dict[str, Any] = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=model.hidden_size,
+        intermediate_size=model.intermediate_size or 4 * model.hidden_size,
+        num_hidden_layers=model.num_layers,
+        num_attention_heads=model.num_heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=model.seq_len,
+        tie_word_embeddings=model.tie_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if model.architecture == "llama":
+        hf_config = LlamaConfig(**common)
+    else:
+        hf_config = Qwen3Config(head_dim=model.hidden_size // model.num_heads, **common)
+    set_seed(seed)
+    return AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+
+
+def read_hf_config(path: Path) -> dict[str, Any]:
+    """``config.json`` of a checkpoint directory as plain JSON (no model code is run)."""
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        raise DemixError(f"'{path}' is not a Hugging Face checkpoint: it has no config.json", "point to a directory written by save_pretrained")
+    try:
+        return json.loads(cfg.read_text())
+    except json.JSONDecodeError as exc:
+        raise DemixError(f"'{cfg}' is not valid JSON ({exc})", "restore the checkpoint's config.json") from None
+
+
+def safetensors_files(path: Path) -> list[Path]:
+    """The weight files of a checkpoint: one ``model.safetensors`` or the shards its index names.
+
+    Pickled weights (``pytorch_model.bin``) are refused: loading them can run arbitrary code.
+    """
+    path = Path(path)
+    index = path / SAFETENSORS_INDEX
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        missing = [n for n in names if not (path / n).is_file()]
+        if missing:
+            raise DemixError(f"checkpoint '{path}' lacks shard file(s) {missing} named in its index", "copy the missing files or re-save the checkpoint")
+        return [path / n for n in names]
+    single = path / "model.safetensors"
+    if single.is_file():
+        return [single]
+    if any(path.glob("*.bin")) or any(path.glob("*.pt")):
+        raise DemixError(
+            f"checkpoint '{path}' has pickled weights but no safetensors",
+            "convert it: AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir) (safetensors is the default)",
+        )
+    raise DemixError(f"checkpoint '{path}' has no model.safetensors", "point to a directory written by save_pretrained")
+
+
+def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of a checkpoint, read from the safetensors headers only."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in safetensors_files(path):
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                for name in fh.keys():
+                    shapes[name] = tuple(fh.get_slice(name).get_shape())
+        except Exception as exc:  # safetensors raises its own error types for corrupt headers
+            raise DemixError(f"weight file '{f}' cannot be read ({exc}); truncated or corrupt?", "re-save or re-copy the checkpoint") from None
+    return shapes
+
+
+def weights_hash(path: Path) -> str:
+    """sha256 over a checkpoint's safetensors files (names and bytes, in name order)."""
+    h = hashlib.sha256()
+    for f in safetensors_files(path):
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def check_vocabulary(tokenizer, path: Path, what: str = "checkpoint") -> None:
+    """The tokenizer's ids must index the checkpoint's embedding; a tokenizer saved with the
+    checkpoint must be the run's tokenizer."""
+    vocab = read_hf_config(path).get("vocab_size")
+    n = len(tokenizer)
+    fix = "use the checkpoint's own tokenizer (tokenizer.path) or a checkpoint trained with the run's tokenizer"
+    if vocab is not None and n > int(vocab):
+        raise DemixError(f"the run's tokenizer has {n} tokens but the {what} '{path}' has vocab_size {vocab}", fix)
+    if (Path(path) / "tokenizer.json").is_file():
+        from transformers import PreTrainedTokenizerFast
+
+        own = PreTrainedTokenizerFast(tokenizer_file=str(Path(path) / "tokenizer.json"))
+        if len(own) != n or own.get_vocab() != tokenizer.get_vocab():
+            raise DemixError(
+                f"the {what} '{path}' was trained with another tokenizer ({len(own)} tokens) than the run's ({n} tokens)",
+                fix,
+            )
+
+
+def check_compatible(base: Path, other: Path, what: str = "component") -> None:
+    """``other`` can be merged with ``base``: same model type, vocabulary size, tensor names and shapes.
+
+    Raises DemixError naming the first difference.
+    """
+    bc, oc = read_hf_config(base), read_hf_config(other)
+    fix = f"train the {what} from this base (same architecture and tokenizer), or point to the matching base"
+    if bc.get("model_type") != oc.get("model_type"):
+        raise DemixError(
+            f"{what} '{other}' is a '{oc.get('model_type')}' model but the base '{base}' is a '{bc.get('model_type')}' model", fix
+        )
+    if bc.get("vocab_size") != oc.get("vocab_size"):
+        raise DemixError(
+            f"{what} '{other}' has vocab_size {oc.get('vocab_size')} but the base '{base}' has {bc.get('vocab_size')}", fix
+        )
+    bs, os_ = tensor_shapes(base), tensor_shapes(other)
+    for name, shape in bs.items():
+        if name not in os_:
+            raise DemixError(f"{what} '{other}' lacks tensor '{name}' of the base '{base}'", fix)
+        if os_[name] != shape:
+            raise DemixError(
+                f"tensor '{name}' has shape {list(os_[name])} in {what} '{other}' but {list(shape)} in the base '{base}'", fix
+            )
+    extra = [n for n in os_ if n not in bs]
+    if extra:
+        raise DemixError(f"{what} '{other}' has tensor '{extra[0]}' that the base '{base}' lacks", fix)
+
+
+def load_checkpoint(path: Path, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """Load a causal LM from a checkpoint directory, from safetensors only."""
+    from transformers import AutoModelForCausalLM
+
+    safetensors_files(path)  # refuse pickled weights with a clear error before transformers looks
+    return AutoModelForCausalLM.from_pretrained(
+        str(path), use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype
+    )
+
+
+def checkpoint_dtype(path: Path) -> torch.dtype:
+    """The dtype a checkpoint's config declares (fp32 when it says nothing)."""
+    cfg = read_hf_config(path)
+    name = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
+    return getattr(torch, str(name), torch.float32)
+
+
+@torch.no_grad()
+def heldout_loss(model: torch.nn.Module, windows, batch_size: int = 16) -> float:
+    """Mean next-token cross-entropy (nats per token) of ``model`` on windows of ``seq_len + 1``
+    tokens (``PackedTokens.sequences``); accumulated in fp64 so long evaluations do not drift."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for i in range(0, len(windows), batch_size):
+        batch = torch.as_tensor(windows[i : i + batch_size], device=device)
+        logits = model(input_ids=batch[:, :-1]).logits.float()
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
+        )
+        total += float(loss.double())
+        count += batch[:, 1:].numel()
+    model.train(was_training)
+    return total / max(count, 1)

@@ -1,0 +1,36 @@
+"""Runs a small search with a slow synthetic scorer (used by test_search.py's kill/resume test).
+
+usage: python _search_worker.py RUN_DIR CALLS_FILE SLEEP_SECONDS
+
+Each scorer call appends the mixture key to CALLS_FILE (flushed and fsynced) before returning,
+so the test can count calls across a SIGKILL.
+"""
+
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from search_fixtures import make_config, synthetic_result  # noqa: E402
+
+from demix.mixtures import mixture_key  # noqa: E402
+from demix.rundir import RunDir  # noqa: E402
+from demix.search import run_search  # noqa: E402
+
+run_dir, calls_file, sleep = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
+
+
+def scorer(mixture):
+    time.sleep(sleep)
+    with open(calls_file, "a") as fh:
+        fh.write(mixture_key(mixture) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return synthetic_result(mixture)
+
+
+config = make_config(run_dir, rounds=[8, 4])
+run_search(config, RunDir(run_dir), scorer, {"general": 600, "math": 200, "code": 200}, progress=False)
+print("done")

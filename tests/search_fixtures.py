@@ -1,0 +1,41 @@
+"""A synthetic scorer with a known optimum and a small config, shared by the search tests."""
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from demix.config import config_from_dict
+
+DOMAINS = ["general", "math", "code"]
+TOKENS = {"general": 600, "math": 200, "code": 200}
+#: The synthetic capabilities peak near this mixture.
+OPTIMUM = {"general": 0.5, "math": 0.3, "code": 0.2}
+
+
+def synthetic_result(m, noise=0.0, rng=None):
+    """Capabilities that are smooth functions of the weights; benchmarks are losses (lower is better)."""
+    g, ma, c = m["general"], m["math"], m["code"]
+    general = 1 - 4 * (g - 0.5) ** 2
+    math = 1 - 6 * (ma - 0.3) ** 2 - 0.5 * (g - 0.5) ** 2
+    code = 1 - 6 * (c - 0.2) ** 2
+    if noise:
+        general, math, code = (x + rng.normal(0, noise) for x in (general, math, code))
+    return SimpleNamespace(
+        benchmarks={"general_bpb": 2 - general, "math_bpb": 2 - math, "code_bpb": 2 - code},
+        capabilities={"general": float(general), "math": float(math), "code": float(code)},
+        higher_is_better={"general_bpb": False, "math_bpb": False, "code_bpb": False},
+    )
+
+
+def make_config(run_dir, rounds=(16, 8), **search):
+    return config_from_dict(
+        {
+            "output_dir": str(run_dir),
+            "data": {"domains": [{"name": d, "source": "x.jsonl"} for d in DOMAINS]},
+            "search": {"rounds": list(rounds), "pool_size": 4000, "top_k": 100, "cv_folds": 3, **search},
+        }
+    )
+
+
+def distance(weights, target=OPTIMUM):
+    return float(np.abs(np.array([weights[d] - target[d] for d in DOMAINS])).sum())

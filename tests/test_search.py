@@ -1,0 +1,171 @@
+"""The search loop on a synthetic scorer: rounds, files, resume after a real SIGKILL, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from search_fixtures import DOMAINS, OPTIMUM, TOKENS, distance, make_config, synthetic_result  # noqa: E402
+
+from demix.errors import DemixError  # noqa: E402
+from demix.mixtures import mixture_key  # noqa: E402
+from demix.rundir import RunDir  # noqa: E402
+from demix.search import run_search  # noqa: E402
+from demix.store import Store  # noqa: E402
+
+
+class CountingScorer:
+    def __init__(self, noise=0.0):
+        self.calls = []
+        self.rng = np.random.default_rng(0)
+        self.noise = noise
+
+    def __call__(self, m):
+        self.calls.append(mixture_key(m))
+        return synthetic_result(m, self.noise, self.rng)
+
+
+def test_search_finds_the_optimum_writes_its_files_and_resumes_without_rescoring(tmp_path):
+    run = RunDir(tmp_path / "run")
+    config = make_config(run.root, rounds=[40, 20, 10])
+    scorer = CountingScorer(noise=0.01)
+    result = run_search(config, run, scorer, TOKENS, progress=False)
+    assert len(scorer.calls) == 70 == len(set(scorer.calls)) == result.evaluations == result.evaluated_now
+    natural = {d: TOKENS[d] / sum(TOKENS.values()) for d in DOMAINS}
+    assert distance(result.weights) < 0.2 < distance(natural) + 0.2
+    assert distance(result.weights) < distance(natural)
+
+    best = json.loads(run.best_mixture.read_text())
+    assert sum(best["weights"].values()) == pytest.approx(1.0)
+    assert best["target_tokens"] == 1000
+    for d in DOMAINS:
+        assert best["tokens"][d] == round(best["weights"][d] * 1000)
+        assert best["epochs"][d] == pytest.approx(best["weights"][d] * 1000 / TOKENS[d])
+    pred = best["predicted"]
+    assert set(pred["capabilities"]) == {"general", "math", "code"}
+    assert pred["benchmarks"]["math_bpb"]["higher_is_better"] is False
+    # Benchmarks are reported in their raw unit (a loss near 1 here), with the CV error and its n.
+    assert 0.9 < pred["benchmarks"]["math_bpb"]["value"] < 1.3
+    assert pred["capabilities"]["math"]["cv_n"] == 70
+    with Store(run.store_url) as store:
+        math_scores = np.array([e.capabilities["math"] for e in store.evaluations_done()])
+    # Out of fold, the predictor ranks well and its typical error is far below the scores' spread.
+    assert pred["capabilities"]["math"]["cv_spearman"] > 0.7
+    assert pred["capabilities"]["math"]["cv_mae"] < 0.5 * np.abs(math_scores - np.median(math_scores)).mean()
+    assert best["top_k"]["k"] == 100 and best["top_k"]["pool_size"] == 4000
+    assert set(best["baselines"]) == {"natural", "uniform"}
+    assert best["predicted"]["capabilities"]["math"]["value"] > best["baselines"]["natural"]["predicted"]["capabilities"]["math"]["value"]
+
+    for r in range(3):
+        rd = run.round_dir(r)
+        for name in ("planned.json", "cv.json", "pool.npz", "pareto.csv", "selection.json"):
+            assert (rd / name).is_file(), rd / name
+        assert (rd / "predictors" / "capabilities" / "predictors.json").is_file()
+    pool = np.load(run.round_dir(0) / "pool.npz")
+    assert pool["weights"].shape == (4000, 3) and pool["capability_scores"].shape == (4000, 3)
+    cv = json.loads((run.round_dir(2) / "cv.json").read_text())
+    assert cv["n"] == 70 and cv["capabilities"]["general"]["spearman"] > 0.8
+    # Later rounds draw from the predicted top region: closer to the optimum than round 0.
+    plans = [json.loads((run.round_dir(r) / "planned.json").read_text())["mixtures"] for r in range(3)]
+    spread = [np.mean([distance(m) for m in p]) for p in plans]
+    assert spread[1] < spread[0] and spread[2] < spread[0]
+
+    again = CountingScorer()
+    result2 = run_search(config, run, again, TOKENS, progress=False)
+    assert again.calls == [] and result2.evaluated_now == 0
+    assert result2.weights == pytest.approx(result.weights)
+
+
+def test_killed_search_resumes_without_losing_or_repeating_evaluations(tmp_path):
+    run_dir, calls = tmp_path / "run", tmp_path / "calls.txt"
+    worker = [sys.executable, str(Path(__file__).parent / "_search_worker.py"), str(run_dir), str(calls)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*worker, "0.3"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not calls.exists() or len(calls.read_text().split()) < 3):
+        assert proc.poll() is None, proc.stdout.read().decode()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = calls.read_text().split()
+    assert 3 <= len(before) < 12
+
+    store = Store(f"sqlite:///{run_dir / 'store.sqlite'}")
+    stored_before = store.done_keys()
+    # Every finished call is stored, except possibly the one killed between scoring and commit.
+    assert len(stored_before) >= len(before) - 1
+    store.close()
+
+    done = subprocess.run([*worker, "0"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    after = calls.read_text().split()
+    counts = Counter(after)
+    planned = [k for r in (0, 1) for k in json.loads((run_dir / "search" / f"round_{r}" / "planned.json").read_text())["keys"]]
+    assert len(planned) == 12 and len(set(planned)) == 12
+    store = Store(f"sqlite:///{run_dir / 'store.sqlite'}")
+    assert store.done_keys() == set(planned)
+    assert store.count(status="pending") == 0
+    store.close()
+    # The resumed run never scored a mixture that was already stored...
+    assert all(counts[k] == 1 for k in stored_before)
+    # ...and scored each missing one exactly once (one repeat only if killed mid-commit).
+    repeats = [k for k, c in counts.items() if c > 1]
+    assert len(repeats) <= 1 and set(after) == set(planned)
+    assert (run_dir / "best_mixture.json").is_file()
+
+
+def test_bad_objective_fails_before_any_evaluation(tmp_path):
+    scorer = CountingScorer()
+    for search, match in [
+        ({"constraints": ["reasoning >= natural"]}, "unknown capability 'reasoning'"),
+        ({"constraints": ["weight.web >= 0.2"]}, "unknown domain 'web'"),
+        ({"capability_weights": {"reasoning": 1.0}}, "unknown capability"),
+        ({"bounds": {"lower": {"general": 0.7, "math": 0.5}}}, "infeasible bounds"),
+    ]:
+        config = make_config(tmp_path / "run", rounds=[4], **search)
+        with pytest.raises(DemixError, match=match):
+            run_search(config, RunDir(tmp_path / "run"), scorer, TOKENS, progress=False)
+    assert scorer.calls == []
+
+
+def test_constraints_and_bounds_shape_the_choice(tmp_path):
+    run = RunDir(tmp_path / "run")
+    config = make_config(
+        run.root, rounds=[30], constraints=["weight.code >= 0.35"], bounds={"upper": {"general": 0.45}}
+    )
+    result = run_search(config, run, CountingScorer(), TOKENS, progress=False)
+    assert result.weights["code"] >= 0.35 - 1e-9
+    assert result.weights["general"] <= 0.45 + 1e-9
+    planned = json.loads((run.round_dir(0) / "planned.json").read_text())["mixtures"]
+    assert all(m["general"] <= 0.45 + 1e-12 for m in planned)
+
+
+def test_unknown_benchmark_direction_is_an_error(tmp_path):
+    from types import SimpleNamespace
+
+    def scorer(m):
+        r = synthetic_result(m)
+        return SimpleNamespace(benchmarks=r.benchmarks, capabilities=r.capabilities)
+
+    config = make_config(tmp_path / "run", rounds=[4])
+    with pytest.raises(DemixError, match="direction of benchmark"):
+        run_search(config, RunDir(tmp_path / "run"), scorer, TOKENS, progress=False)
+
+
+def test_search_cli_needs_prepared_data(tmp_path):
+    import yaml
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(make_config(tmp_path / "run").model_dump(mode="json")))
+    proc = subprocess.run([sys.executable, "-m", "demix", "search", str(cfg), "-q"], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "run `demix prepare` first" in proc.stderr

@@ -1,0 +1,142 @@
+"""A tiny but real run directory for the training tests: a byte-level BPE trained here on a few
+hundred KB of varied text (English docstrings, arithmetic, Python source) and three domains
+packed with PackedWriter. Built once per session; each test gets its own run root whose data
+and tokenizer link to the shared ones, so trained models never leak between tests."""
+
+from __future__ import annotations
+
+import inspect
+import random
+from pathlib import Path
+
+import pytest
+
+from demix.config import RunConfig, config_from_dict
+from demix.packing import PackedWriter
+from demix.rundir import RunDir
+
+DOMAINS = ("general", "math", "code")
+
+
+def _general_docs() -> list[str]:
+    import argparse, collections, csv, email, http, json, logging, pathlib, string, textwrap  # noqa: E401
+
+    docs = []
+    for mod in (argparse, collections, csv, email, http, json, logging, pathlib, string, textwrap):
+        for _, obj in inspect.getmembers(mod):
+            doc = inspect.getdoc(obj) if (inspect.isclass(obj) or inspect.isfunction(obj)) else None
+            if doc and len(doc) > 80 and ">>>" not in doc:
+                docs.append(doc)
+    return sorted(set(docs))[:400]
+
+
+def _math_docs(n: int = 600) -> list[str]:
+    rng = random.Random(0)
+    docs = []
+    for _ in range(n):
+        a, b = rng.randint(2, 99), rng.randint(2, 99)
+        op = rng.choice("+-*")
+        val = eval(f"{a}{op}{b}")  # noqa: S307 - our own two integers
+        docs.append(f"Question: what is {a} {op} {b}? Answer: {a} {op} {b} = {val}. So the result is {val}.")
+    return docs
+
+
+def _code_docs() -> list[str]:
+    import colorsys, fnmatch, shlex, textwrap  # noqa: E401
+
+    docs = []
+    for mod in (colorsys, fnmatch, shlex, textwrap):
+        src = inspect.getsource(mod)
+        docs.extend(chunk for chunk in src.split("\n\n\n") if len(chunk) > 40)
+    return docs
+
+
+def _train_tokenizer(texts: list[str], path: Path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    fast.save_pretrained(str(path))
+    return fast
+
+
+@pytest.fixture(scope="session")
+def shared_data(tmp_path_factory) -> Path:
+    """A run root holding `tokenizer/` and `data/<domain>/{train,heldout}`."""
+    root = tmp_path_factory.mktemp("shared_run")
+    run = RunDir(root)
+    docs = {"general": _general_docs(), "math": _math_docs(), "code": _code_docs()}
+    tok = _train_tokenizer([t for ds in docs.values() for t in ds], run.tokenizer)
+    for domain, texts in docs.items():
+        random.Random(1).shuffle(texts)
+        n_held = max(8, len(texts) // 10)
+        for split, part in (("heldout", texts[:n_held]), ("train", texts[n_held:])):
+            w = PackedWriter(run.domain_data(domain) / split, len(tok), tok.eos_token_id)
+            for t in part:
+                w.add(tok.encode(t), len(t.encode()))
+            w.close()
+    return root
+
+
+def make_config(root: Path, **overrides) -> RunConfig:
+    """A tiny-model config for run root ``root``; overrides are dotted keys (``train.base.tokens``)."""
+    data = {
+        "output_dir": str(root),
+        "data": {"domains": [{"name": d, "source": f"builtin:{d}"} for d in DOMAINS]},
+        "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "seq_len": 32},
+        "train": {
+            "base": {"tokens": 40 * 8 * 32, "lr": 0.01, "batch_size": 8, "warmup_fraction": 0.1},
+            "components": {"tokens": 20 * 8 * 32, "lr": 0.003, "batch_size": 8},
+            "reference": {"tokens": 10 * 8 * 32, "lr": 0.003, "batch_size": 8},
+            "trained_proxy": {"tokens": 5 * 8 * 32, "lr": 0.003, "batch_size": 8},
+            "device": "cpu",
+            "heldout_tokens": 2048,
+        },
+    }
+    return config_from_dict(data, [f"{k}={v}" for k, v in overrides.items()])
+
+
+@pytest.fixture
+def new_run(shared_data, tmp_path):
+    """Factory: a fresh run root (data and tokenizer linked to the shared ones) and its config."""
+
+    def make(name: str = "run", **overrides) -> tuple[RunConfig, RunDir]:
+        root = tmp_path / name
+        root.mkdir()
+        (root / "data").symlink_to(shared_data / "data")
+        (root / "tokenizer").symlink_to(shared_data / "tokenizer")
+        return make_config(root, **overrides), RunDir(root)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def trained_base(shared_data, tmp_path_factory) -> Path:
+    """A base trained once per session (read-only for tests: copy or link it)."""
+    from demix.training import train_base
+
+    root = tmp_path_factory.mktemp("base_run")
+    (root / "data").symlink_to(shared_data / "data")
+    (root / "tokenizer").symlink_to(shared_data / "tokenizer")
+    config = make_config(root)
+    return train_base(config, RunDir(root), show_progress=False).path
+
+
+@pytest.fixture
+def run_with_base(new_run, trained_base):
+    """Factory like ``new_run`` whose run already holds the session's trained base."""
+    import shutil
+
+    def make(name: str = "run", **overrides):
+        config, run = new_run(name, **overrides)
+        shutil.copytree(trained_base, run.base)
+        return config, run
+
+    return make
