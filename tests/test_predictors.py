@@ -79,3 +79,14 @@ def test_bad_inputs(data, tmp_path):
     (tmp_path / "predictors.json").write_text("{not json")
     with pytest.raises(DemixError, match="cannot read the predictor fit"):
         Predictors.load(tmp_path)
+
+
+def test_compiled_trees_equal_lightgbm_exactly(data):
+    X, y, Xt, _ = data
+    fit = fit_predictors(X, {"t": y, "u": X[:, 0] * 3}, "lightgbm")
+    # Rows with exact zeros and points on the training grid included.
+    P = np.concatenate([Xt, X[:50], np.eye(4), np.full((1, 4), 0.25)])
+    for t in ("t", "u"):
+        np.testing.assert_array_equal(fit.predict(P)[t], fit.models[t].predict(P))
+    with pytest.raises(DemixError, match="NaN or Inf"):
+        fit.predict(np.full((2, 4), np.nan))

@@ -271,6 +271,9 @@ class MergeConfig(StrictModel):
     normalize: bool = False
     """Rescale mixtures that do not sum to 1 instead of rejecting them."""
 
+    shard_size: str = "2GB"
+    """Largest safetensors shard of a merged checkpoint written by `demix merge` (e.g. 2GB, 500MB)."""
+
 
 # --------------------------------------------------------------------------- search
 

@@ -19,8 +19,6 @@ def _load_checkpoint(path: Path, config: Any, device: Any) -> Any:
     from demix.tokenizer import load_tokenizer
     from demix.rundir import RunDir
 
-    if not path.is_dir():
-        raise DemixError(f"checkpoint directory '{path}' does not exist", "pass an HF model directory (config.json + model.safetensors)")
     check_vocabulary(load_tokenizer(RunDir(config.run_dir).tokenizer), path)
     # fp32 on CPU (bf16 matmuls are slow there); the checkpoint's own dtype on a GPU.
     dtype = checkpoint_dtype(path) if device.type == "cuda" else torch.float32
@@ -80,6 +78,10 @@ def eval_command(
     """
     if (checkpoint is None) == (mixture is None):
         raise DemixError("give exactly one of --checkpoint and --mixture", "e.g. demix eval CONFIG --checkpoint runs/demo/models/base")
+    if checkpoint is not None and not checkpoint.is_dir():
+        raise DemixError(
+            f"checkpoint directory '{checkpoint}' does not exist", "pass an HF model directory (config.json + model.safetensors)"
+        )
     cfg, run = open_run(config, overrides, quiet)
     from demix.evaluation import Evaluator, resolve_device
     from demix.rundir import write_json

@@ -19,9 +19,9 @@ def prepare_cmd(
 ) -> None:
     """Read each domain's documents, hold out a share for evaluation, train the tokenizer and pack tokens.
 
-    Sources are the config's data.domains (built-in corpora or your .jsonl/.txt/.parquet files).
-    Writes the tokenizer, packed token files per domain and split, and data/provenance.json with
-    each domain's licence and sizes. Skipped when already done for the same data config.
+    Sources are the config's data.domains: built-in corpora (builtin:general, builtin:math, builtin:math_problems, builtin:code) or your .jsonl/.txt/.parquet files (see docs/data.md).
+
+    Writes the tokenizer, packed token files per domain and split, and data/provenance.json with each domain's licence and sizes. Skipped when already done for the same data config.
     """
     from demix.prepare import prepare
 

@@ -101,6 +101,10 @@ def _resident_lm_class() -> type:
         def generate_until(self, requests, disable_tqdm: bool = True):
             return super().generate_until(requests, disable_tqdm=True)
 
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = True, **kwargs: Any):
+            # The rolling path asks for a progress bar per batch; demix shows its own.
+            return super()._loglikelihood_tokens(requests, disable_tqdm=True, **kwargs)
+
     return ResidentLM
 
 

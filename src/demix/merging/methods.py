@@ -278,7 +278,8 @@ def sparsify_magnitude(delta: torch.Tensor, density: float) -> torch.Tensor:
     k = max(1, int(density * delta.numel()))
     flat = delta.reshape(-1)
     mask = torch.zeros_like(flat)
-    mask[torch.topk(flat.abs(), k, sorted=False).indices] = 1
+    # argsort, not topk: equal magnitudes at the threshold are then broken the way mergekit does.
+    mask[torch.argsort(flat.abs(), descending=True)[:k]] = 1
     return (flat * mask).view(delta.shape)
 
 
@@ -292,7 +293,7 @@ def sparsify_outliers(delta: torch.Tensor, density: float, gamma: float) -> torc
     n_top = int(gamma * n)
     n_bot = max(0, n - keep - n_top)
     flat = delta.reshape(-1)
-    order = torch.sort(flat.abs(), descending=False, stable=True).indices
+    order = torch.sort(flat.abs(), descending=False).indices
     mask = torch.zeros_like(flat)
     mask[order[n_bot : n_bot + keep]] = 1
     return (flat * mask).view(delta.shape)
@@ -319,7 +320,7 @@ def sparsify_della(delta: torch.Tensor, density: float, epsilon: float, gen: tor
         return torch.zeros_like(delta)
     rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(delta.shape[0], -1)
     cols = rows.shape[1]
-    ranks = torch.argsort(torch.argsort(rows.abs(), dim=1, stable=True), dim=1).to(torch.float32)
+    ranks = torch.argsort(torch.argsort(rows.abs(), dim=1), dim=1).to(torch.float32)
     # Ranks run 0..cols-1 in every row; a single column is at the middle probability.
     rank_norm = ranks / (cols - 1) if cols > 1 else torch.full_like(ranks, 0.5)
     probs = (density - epsilon) + rank_norm * (2 * epsilon)

@@ -1,0 +1,155 @@
+"""Merged checkpoints on disk, streamed tensor by tensor.
+
+:func:`write_merged` reads one tensor from each input (memory-mapped safetensors), merges it
+with the same code as the in-memory builder (so the two agree bit for bit), and appends it to
+the output shard: peak memory stays near one tensor per input. The output is a plain HF
+directory: sharded safetensors, config.json, tokenizer files and ``demix.json`` provenance.
+It appears only when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from demix.errors import DemixError
+from demix.merging.checkpoint import (
+    TOKENIZER_FILES,
+    Checkpoint,
+    ShardedWriter,
+    StagedDir,
+    check_compatible,
+    check_finite,
+    copy_side_files,
+    parse_dtype,
+    parse_size,
+    weights_hash,
+    write_config,
+)
+from demix.merging.methods import get_method, linear_combine
+from demix.mixtures import validate_mixture
+from demix.rundir import write_json
+
+log = logging.getLogger("demix.merging")
+
+DEFAULT_SHARD_SIZE = "2GB"
+
+
+def write_merged(
+    base_dir: str | Path,
+    components: Mapping[str, str | Path],
+    mixture: Mapping[str, float],
+    out_dir: str | Path,
+    method: str = "linear",
+    params: Mapping[str, Any] | None = None,
+    dtype: str = "auto",
+    normalize: bool = False,
+    shard_size: str | int = DEFAULT_SHARD_SIZE,
+    tokenizer_dir: str | Path | None = None,
+    force: bool = False,
+    raw_weights: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    extra_provenance: Mapping[str, Any] | None = None,
+) -> Path:
+    """Merge ``components`` (``{domain: dir}``) on ``base_dir`` for ``mixture`` into ``out_dir``.
+
+    ``mixture`` is validated like any mixture (``normalize`` rescales one that does not sum to
+    1) unless ``raw_weights``, which passes weights as given (mergekit configs, where the
+    method's own ``normalize`` decides). ``progress(done_bytes, total_bytes)`` is called after
+    each tensor. Returns ``out_dir``.
+    """
+    merge = get_method(method, dict(params or {}))
+    base = Checkpoint.open(base_dir, "base")
+    comps = {d: Checkpoint.open(p, f"component '{d}'") for d, p in components.items()}
+    if not comps:
+        raise DemixError("no components to merge", "give at least one component checkpoint")
+    check_compatible(base, comps)
+    domains = list(comps)
+    if raw_weights:
+        unknown = [d for d in mixture if d not in comps]
+        if unknown:
+            raise DemixError(f"weights name unknown model(s) {unknown}", f"use the models {domains}")
+        wmap = {d: float(mixture.get(d, 0.0)) for d in domains}
+        bad = {d: v for d, v in wmap.items() if not torch.isfinite(torch.tensor(v))}
+        if bad:
+            raise DemixError(f"merge weights must be finite, got {bad}")
+    else:
+        wmap = validate_mixture(mixture, domains, normalize)
+    w = torch.tensor([wmap[d] for d in domains], dtype=torch.float64)
+    merge.check_weights(w)
+    coefs = merge.coefficients(w)
+    w32 = w.to(torch.float32)
+    out_dtype = parse_dtype(dtype)
+
+    plan = []
+    for name, info in base.tensors.items():
+        stored = info.dtype
+        for c in comps.values():
+            stored = torch.promote_types(stored, c.tensors[name].dtype)
+        plan.append((name, info.shape, (out_dtype or stored) if stored.is_floating_point else stored))
+    total = sum(base.tensors[n].nbytes for n, _, _ in plan)
+
+    staged = StagedDir(out_dir, force=force)
+    t0 = time.perf_counter()
+    try:
+        writer = ShardedWriter(staged.path, plan, parse_size(shard_size))
+        done = 0
+        try:
+            for name, shape, dt in plan:
+                b = base.get(name)
+                check_finite(b, name, f"the base ({base.path})")
+                cts = []
+                for d, c in comps.items():
+                    t = c.get(name)
+                    check_finite(t, name, f"component '{d}' ({c.path})")
+                    cts.append(t)
+                if not b.is_floating_point():
+                    merged = b  # integer buffers are not merged: the base's value is kept
+                elif coefs is not None:
+                    stored = torch.promote_types(b.dtype, cts[0].dtype)
+                    out = torch.empty(b.numel(), dtype=dt)
+                    linear_combine(
+                        out, b.to(stored).reshape(-1), [t.to(stored).reshape(-1) for t in cts], coefs[0], coefs[1]
+                    )
+                    merged = out.view(shape)
+                else:
+                    stacked = torch.stack([t.float() for t in cts])
+                    merged = merge.merge_tensor(name, b.float(), stacked, w32).to(dt)
+                writer.write(name, merged)
+                done += base.tensors[name].nbytes
+                if progress is not None:
+                    progress(done, total)
+            writer.finish()
+        finally:
+            writer.close()
+        write_config(base.config, staged.path, plan[0][2] if out_dtype is None else out_dtype)
+        copy_side_files(base.path, staged.path, ("generation_config.json",))
+        tok_src = Path(tokenizer_dir) if tokenizer_dir else base.path
+        copied = copy_side_files(tok_src, staged.path, TOKENIZER_FILES)
+        if not copied and tok_src != base.path:
+            copy_side_files(base.path, staged.path, TOKENIZER_FILES)
+        provenance = {
+            "role": "merged",
+            "mixture": {d: float(x) for d, x in zip(domains, w.tolist())},
+            "method": merge.name,
+            "params": merge.param_dict(),
+            "dtype": str(plan[0][2]).removeprefix("torch."),
+            "base": str(Path(base_dir).resolve()),
+            "base_hash": weights_hash(base.path),
+            "components": {d: str(Path(p).resolve()) for d, p in components.items()},
+            "raw_weights": raw_weights,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        provenance.update(extra_provenance or {})
+        write_json(staged.path / "demix.json", provenance)
+        result = staged.commit()
+    except BaseException:
+        staged.abort()
+        raise
+    log.info("wrote merged checkpoint %s (%s, %s)", result, merge.name, provenance["mixture"])
+    return result
