@@ -12,7 +12,7 @@ For each model size, on the same held-out windows, in the same process, interlea
 Each path runs ``--repeats`` times; the best time is kept (the machine is shared: the minimum is
 the least disturbed run). Target: demix >= 90% of the bare forward's tokens/s.
 
-    .venv/bin/python benchmarks/eval_speed.py [--repeats 3] [--tokens 16384] [--sizes demo,bigger]
+    .venv/bin/python benchmarks/eval_speed.py [--repeats 6] [--tokens 16384] [--sizes demo,bigger]
 """
 
 from __future__ import annotations
@@ -135,12 +135,13 @@ def run_size(name: str, repeats: int, tokens: int, workdir: Path) -> dict:
 
     first = timed(lm_eval_path, 1)  # builds the requests once
     bare(), ours()  # warm-up: first-call allocations are not part of the steady state
-    # Interleave the paths so a burst of load elsewhere hits all of them alike.
-    times = {"bare": float("inf"), "demix": float("inf"), "lm-eval": float("inf")}
-    for _ in range(repeats):
-        times["bare"] = min(times["bare"], timed(bare, 1))
-        times["demix"] = min(times["demix"], timed(ours, 1))
-        times["lm-eval"] = min(times["lm-eval"], timed(lm_eval_path, 1))
+    # Interleave the paths, rotating their order, so a burst of load elsewhere or the after-effects
+    # of the previous path (freed memory, Python garbage) hit all of them alike.
+    paths = [("bare", bare), ("demix", ours), ("lm-eval", lm_eval_path)]
+    times = {label: float("inf") for label, _ in paths}
+    for r in range(repeats):
+        for label, fn in paths[r % 3 :] + paths[: r % 3]:
+            times[label] = min(times[label], timed(fn, 1))
     return {
         "size": name,
         "params": params,
@@ -153,7 +154,7 @@ def run_size(name: str, repeats: int, tokens: int, workdir: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--tokens", type=int, default=16384, help="held-out tokens scored per pass")
     parser.add_argument("--sizes", default="demo,bigger")
     args = parser.parse_args()

@@ -46,6 +46,7 @@ def make_checkpoints(root: Path, k: int, layers: int, hidden: int, vocab: int) -
         num_key_value_heads=hidden // 64,
         tie_word_embeddings=True,
         dtype="bfloat16",
+        architectures=["LlamaForCausalLM"],
     )
     with torch.device("meta"):
         shapes = {n: p.shape for n, p in LlamaForCausalLM(cfg).named_parameters()}
