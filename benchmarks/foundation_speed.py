@@ -4,8 +4,9 @@ Runs the stages into a fresh temporary run directory (or --out) and prints one t
 the wall seconds, tokens trained, tokens/s, and held-out loss on the stage's own domain before
 and after training. Beside it, the peer measured in the same run: a bare training loop
 (forward + backward + AdamW step, nothing else) on the same model, batch and sequence length,
-so `ours / bare` is the share of the hardware's training speed the recipe keeps (Trainer,
-data loading, checkpoints, progress and the final save included).
+measured right before each training stage (the machine is shared: adjacent measurements keep the
+ratio honest), so `ours / bare` is the share of the hardware's training speed the recipe keeps
+inside Trainer (data loading, logging, checkpoints and the progress bar included).
 
     .venv/bin/python benchmarks/foundation_speed.py                 # demo preset
     .venv/bin/python benchmarks/foundation_speed.py --preset full
@@ -27,12 +28,11 @@ from demix.packing import PackedTokens, split_prefix
 from demix.rundir import RunDir
 
 
-def bare_loop_tokens_per_second(config, run: RunDir, steps: int, warmup: int = 3) -> float:
+def bare_loop_tokens_per_second(config, run: RunDir, recipe, steps: int, warmup: int = 2) -> float:
     """Tokens/s of a plain loop on the base's shape: batch from the general train split, the same
     AdamW settings, no Trainer, no data pipeline, no checkpoints."""
     from demix.training import build_model, load_tokenizer
 
-    recipe = config.train.base
     seq = config.model.seq_len
     model = build_model(config.model, load_tokenizer(run), seed=0)
     model.train()
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--preset", default="demo", choices=["demo", "full"])
     parser.add_argument("--out", type=Path, default=None, help="run directory (default: a temporary one)")
     parser.add_argument("-s", "--set", dest="overrides", action="append", default=[], help="config override key=value")
-    parser.add_argument("--bare-steps", type=int, default=20, help="timed steps of the bare loop")
+    parser.add_argument("--bare-steps", type=int, default=8, help="timed steps of the bare loop before each stage")
     args = parser.parse_args()
 
     from demix.training import train_base, train_component
@@ -84,18 +84,19 @@ def main() -> None:
     else:
         print("demix.prepare is not available: using an already prepared run directory")
 
-    bare = bare_loop_tokens_per_second(config, run, args.bare_steps)
-
-    stages = [("base", lambda: train_base(config, run, show_progress=False), config.data.general_domain)]
+    base = ("base", lambda: train_base(config, run, show_progress=False), config.data.general_domain, config.train.base)
+    stages = [base]
     for d in config.data.domain_names:
-        stages.append((f"component {d}", lambda d=d: train_component(config, run, d, show_progress=False), d))
-    for name, fn, domain in stages:
+        fn = lambda d=d: train_component(config, run, d, show_progress=False)  # noqa: E731
+        stages.append((f"component {d}", fn, d, config.train.components))
+    for name, fn, domain, recipe in stages:
+        bare = bare_loop_tokens_per_second(config, run, recipe, args.bare_steps)
         t0 = time.perf_counter()
         result = fn()
         wall = time.perf_counter() - t0
         p = result.provenance
         held = (p.get("heldout_loss") or {}).get(domain, {})
-        rows.append((name, wall, p["tokens_seen"], p["tokens_per_second"], held.get("before"), held.get("after"), p))
+        rows.append((name, wall, p["tokens_seen"], p["tokens_per_second"], held.get("before"), held.get("after"), bare))
     total = time.perf_counter() - t_all
 
     def f(x, fmt):
@@ -104,7 +105,7 @@ def main() -> None:
     header = f"{'stage':<26}{'seconds':>9}{'tokens':>11}{'tok/s wall':>12}{'tok/s train':>13}{'bare tok/s':>12}{'ours/bare':>11}{'loss before':>13}{'loss after':>12}"
     print(header)
     print("-" * len(header))
-    for name, wall, tokens, train_tps, before, after, _ in rows:
+    for name, wall, tokens, train_tps, before, after, bare in rows:
         is_train = train_tps is not None
         print(
             f"{name:<26}{wall:>9.1f}{tokens:>11,}{tokens / wall:>12,.0f}{f(train_tps, ',.0f'):>13}"
@@ -112,7 +113,9 @@ def main() -> None:
             f"{f(before, '.3f'):>13}{f(after, '.3f'):>12}"
         )
     print("-" * len(header))
-    print(f"{'total':<26}{total:>9.1f}")
+    stages_total = sum(r[1] for r in rows)
+    print(f"{'total (stages)':<26}{stages_total:>9.1f}")
+    print(f"{'wall incl. bare loops':<26}{total:>9.1f}")
     print(
         "tok/s wall: tokens / stage seconds (load, held-out checks, save included); tok/s train: inside "
         "Trainer.train; bare: forward+backward+AdamW loop on the same model and batch, same process; "

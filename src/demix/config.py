@@ -11,7 +11,7 @@ show up in ``demix init`` output and in ``--help`` texts.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -365,8 +365,15 @@ class FidelityConfig(StrictModel):
     mixtures: list[dict[str, float]] = Field(default_factory=list)
     """User-given reference mixtures (domain -> weight)."""
 
-    trained_proxy_budgets: list[int] = Field(default_factory=list)
+    trained_proxy_budgets: list[Annotated[int, Field(gt=0)]] = Field(default_factory=list)
     """Token budgets of training-based proxies compared against merged proxies (empty: trained_proxy.tokens)."""
+
+    top_fraction: float = Field(default=0.25, gt=0, le=1)
+    """Share of reference mixtures (best by reference score) behind the top-share Spearman."""
+
+    search_proxies: int | None = Field(default=None, gt=0)
+    """Proxies one search evaluates, for the compute comparison (None: sum of search.rounds):
+    DeMix pays components + this many merged evaluations, the baseline this many trained proxies."""
 
     bootstrap: int = Field(default=1000, ge=0)
     """Bootstrap resamples for confidence intervals."""
@@ -404,10 +411,27 @@ class ExecutorConfig(StrictModel):
     num_cpus: float = Field(default=1, gt=0)
     """CPUs per Ray actor."""
 
+    max_restarts: int = Field(default=3, ge=0)
+    """Ray: how many times a dead actor (killed process, out of memory) is restarted; its mixture
+    in flight is re-queued to the next free actor."""
+
+    device: str = "auto"
+    """Ray: device inside each actor (auto: cuda when the actor was given a GPU, else cpu)."""
+
 
 class StoreConfig(StrictModel):
     url: str | None = None
-    """SQLAlchemy URL of the store (None: sqlite:///<run_dir>/store.sqlite)."""
+    """SQLAlchemy URL of the store (None: sqlite:///<run_dir>/store.sqlite). Several search drivers
+    or Slurm workers share one run through a server database, e.g.
+    postgresql+psycopg://demix@dbhost:5432/demix (needs the `postgres` extra)."""
+
+    lease_seconds: float = Field(default=1800.0, gt=0)
+    """How long a driver's claim on a mixture stays reserved without news from it (renewed after
+    every evaluation). Must exceed the longest single evaluation; a driver that died on another
+    machine has its mixtures re-queued after this."""
+
+    wait_seconds: float = Field(default=2.0, gt=0)
+    """Polling interval of a driver waiting for mixtures that another driver is evaluating."""
 
 
 class RunConfig(StrictModel):

@@ -297,7 +297,7 @@ def cross_validate(
     X: np.ndarray, Y: Mapping[str, np.ndarray], kind: str = "auto", folds: int = 5, seed: int = 0
 ) -> dict[str, dict[str, Any]]:
     """k-fold cross-validation per target: Spearman rho, MAE and RMSE of the out-of-fold
-    predictions, with the n behind them. Returns ``{target: {spearman, mae, rmse, n, folds, kind}}``;
+    predictions, with the n behind them. Returns ``{target: {spearman, mae, rmse, n, folds, kind, predictions}}``;
     spearman is None where it is undefined (constant scores or predictions)."""
     from scipy.stats import spearmanr
     from sklearn.model_selection import KFold
@@ -326,6 +326,7 @@ def cross_validate(
             "n": n,
             "folds": k,
             "kind": resolve_kind(kind, n),
+            "predictions": oof.tolist(),  # out-of-fold, row order of X (for predicted-vs-measured plots)
         }
 
     return dict(zip(Ys, _map_parallel(one, list(Ys.values()))))

@@ -494,8 +494,12 @@ def run_search(
     progress: bool = True,
     higher_is_better: Mapping[str, bool] | None = None,
     proxy_kind: str = "merged",
+    executor: Any = None,
 ) -> SearchResult:
     """Run (or resume) the search rounds of ``config.search`` and write ``best_mixture.json``.
+
+    ``executor`` (a :class:`demix.executors.Executor`) evaluates each round's mixtures, e.g. on a
+    Ray cluster; default: ``scorer`` in this process.
 
     ``scorer(mixture)`` evaluates one proxy and returns an object with ``.benchmarks`` (raw
     metrics) and ``.capabilities`` (higher is better). Every result is committed to ``store``
@@ -516,7 +520,10 @@ def run_search(
     prior = prior_weights(domains, s.sampler.prior, token_counts)
     documents = _read_documents(run, domains)
     own_store = store is None
-    store = store or Store(config.store.url or run.store_url)
+    store = store or Store(config.store.url or run.store_url, lease_seconds=config.store.lease_seconds)
+    from demix.executors import LocalExecutor, evaluate_planned
+
+    executor = executor if executor is not None else LocalExecutor(scorer)
     released = store.release_pending(proxy_kind)
     if released:
         log.info("released %d unfinished evaluation(s) of a killed search", released)
@@ -533,10 +540,9 @@ def run_search(
             todo = [(i, m) for i, m in enumerate(planned) if mixture_key(m) not in done]
             reporter.round(r, len(planned), len(planned) - len(todo))
             log.info("round %d: %d planned, %d to evaluate", r, len(planned), len(todo))
-            for i, m in todo:
-                if not store.claim(m, proxy_kind, r, {"round": r, "plan_index": i}):
-                    continue  # another driver has it
-                bench, caps, hib = _result_parts(scorer(m))
+
+            def commit(i: int, m: dict[str, float], result: Any, r: int = r) -> bool:
+                bench, caps, hib = _result_parts(result)
                 provenance = {
                     "round": r,
                     "plan_index": i,
@@ -545,10 +551,20 @@ def run_search(
                     "source": "demix search",
                     "higher_is_better": hib or {b.name: b.higher_is_better for b in config.evaluation.benchmarks if b.name in bench},
                 }
-                store.complete(m, bench, caps, proxy_kind, provenance)
-                evaluated_now += 1
+                stored = store.complete(m, bench, caps, proxy_kind, provenance)
                 reporter.advance()
-            evaluations = store.evaluations_done(proxy_kind)
+                return stored
+
+            # Claims each mixture just before dispatch, commits each result as it arrives, and
+            # returns once every planned mixture is done (by this driver or another).
+            evaluated_now += evaluate_planned(
+                executor, store, planned, commit, round=r, proxy_kind=proxy_kind, wait_seconds=config.store.wait_seconds
+            )
+            # Completion order depends on workers and drivers; the fit must not.
+            evaluations = sorted(
+                store.evaluations_done(proxy_kind),
+                key=lambda e: (e.round if e.round is not None else -1, e.provenance.get("plan_index", -1), e.mixture_key),
+            )
             directions = resolve_directions(evaluations, config, higher_is_better)
             fit = fit_all(evaluations, domains, directions, s.predictor, s.cv_folds, s.seed)
             _write_fit(rd, fit)

@@ -58,3 +58,44 @@ def test_eval_bad_input_exits_nonzero_with_a_message(tiny_run, tmp_path, capsys)
         main(["eval", str(bad), "--checkpoint", str(tmp_path / "ckpt")])
     assert exc.value.code == 1
     assert "unknown domain 'poetry'" in err(capsys)
+
+
+def save_components(run, model):
+    """A base and one component per domain (base + a small random delta), as safetensors."""
+    import torch
+
+    model.save_pretrained(str(run.base))
+    for i, domain in enumerate(("general", "math", "code")):
+        torch.manual_seed(100 + i)
+        with torch.no_grad():
+            deltas = [torch.randn_like(p) * 0.05 for p in model.parameters()]
+            for p, d in zip(model.parameters(), deltas):
+                p.add_(d)
+            model.save_pretrained(str(run.component(domain)))
+            for p, d in zip(model.parameters(), deltas):
+                p.sub_(d)
+
+
+def test_resident_proxy_scores_follow_the_mixture(tiny_run, model, tmp_path, capsys):
+    from demix.merging import ProxyBuilder
+
+    run, _, _ = tiny_run
+    save_components(run, model)
+    config = make_config(run.root)
+    evaluator = Evaluator.from_run(config, run, "cpu")
+    builder = ProxyBuilder.from_run(config, run, "cpu")
+    a = evaluator.evaluate(builder.build({"general": 0.6, "math": 0.2, "code": 0.2}))
+    b = evaluator.evaluate(builder.build({"general": 0.1, "math": 0.1, "code": 0.8}))
+    a_again = evaluator.evaluate(builder.build({"general": 0.6, "math": 0.2, "code": 0.2}))
+    assert a_again.benchmarks == pytest.approx(a.benchmarks, rel=1e-6)
+    assert all(b.benchmarks[n] != a.benchmarks[n] for n in a.benchmarks)
+
+    # The CLI's --mixture path: a one-hot mixture is the component itself.
+    out = tmp_path / "proxy.json"
+    cfg_path = write_config(tmp_path / "demix.yaml", run.root)
+    main(["eval", str(cfg_path), "--mixture", "general=0,math=1,code=0", "--out", str(out), "--device", "cpu"])
+    proxy = json.loads(out.read_text())
+    assert proxy["mixture"] == {"general": 0.0, "math": 1.0, "code": 0.0}
+    main(["eval", str(cfg_path), "--checkpoint", str(run.component("math")), "--out", str(out), "--device", "cpu"])
+    component = json.loads(out.read_text())
+    assert proxy["benchmarks"] == pytest.approx(component["benchmarks"], rel=1e-5)

@@ -299,3 +299,24 @@ def test_heldout_loss_matches_a_direct_computation(new_run):
             model(input_ids=x[:, :-1]).logits.reshape(-1, model.config.vocab_size), x[:, 1:].reshape(-1)
         )
     assert heldout_loss(model, windows, batch_size=3) == pytest.approx(float(direct), rel=1e-5)
+
+
+def test_precision_and_device_errors_name_the_fix(new_run):
+    config, run = new_run(**{"train.base.precision": "fp16"})
+    with pytest.raises(DemixError, match="fp16 needs a GPU"):
+        train_base(config, run, show_progress=False)
+    if not torch.cuda.is_available():
+        config, run = new_run("nogpu", **{"train.device": "cuda"})
+        with pytest.raises(DemixError, match="no CUDA device"):
+            train_base(config, run, show_progress=False)
+
+
+def test_a_model_written_but_not_renamed_is_recovered_not_retrained(run_with_base):
+    config, run = run_with_base(**{"train.heldout_tokens": 0})
+    done = train_component(config, run, "code", show_progress=False)
+    assert done.provenance["heldout_loss"] is None
+    hidden = run.component("code").parent / ".code.final"
+    run.component("code").rename(hidden)  # as if killed between the final write and the rename
+    again = train_component(config, run, "code", show_progress=False)
+    assert again.skipped and again.provenance == done.provenance
+    assert not hidden.exists() and (run.component("code") / "model.safetensors").is_file()

@@ -106,10 +106,7 @@ def merge_command(
 
       demix merge --mergekit-config merge.yml --out merged/
 
-    The checkpoint (sharded safetensors, config.json, tokenizer, demix.json with the mixture,
-    method and base hash) is written tensor by tensor, so memory stays near one tensor per
-    input, and appears only when complete. Searches do not need this: they build proxies in
-    memory.
+    The checkpoint (sharded safetensors, config.json, tokenizer, demix.json with the mixture, method and base hash) is written tensor by tensor, so memory stays near one tensor per input, and appears only when complete. Searches do not need this: they build proxies in memory.
     """
     if list_methods:
         _list_methods()

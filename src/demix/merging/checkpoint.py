@@ -247,7 +247,9 @@ def check_compatible(base: Checkpoint, components: Mapping[str, Checkpoint]) -> 
 
 def check_finite(tensor: torch.Tensor, name: str, where: str) -> None:
     """NaN or Inf in a checkpoint poisons every proxy: name the tensor and the checkpoint."""
-    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+    # One reduction (min/max propagate NaN; +-Inf is its own max/min): several times faster
+    # than isfinite().all(), which takes a slow path on bf16.
+    if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(tensor))).all()):
         bad = int((~torch.isfinite(tensor)).sum())
         raise DemixError(
             f"tensor '{name}' of {where} holds {bad} NaN/Inf value(s)",

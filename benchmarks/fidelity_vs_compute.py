@@ -1,0 +1,214 @@
+"""The paper's comparison at the embedded scale: do merged proxies rank mixtures like really
+trained reference models, better than trained proxies (RegMix style) of equal or larger compute?
+
+Runs the embedded demo (the `demo` preset; overrides printed) end to end, resuming whatever its
+run directory already holds:
+
+1. prepare, base, components, and the search (when ``best_mixture.json`` is missing);
+2. the fidelity stage with >= 8 reference mixtures: reference models, merged proxies, trained
+   proxies at several token budgets;
+3. a model trained with the reference recipe on the chosen mixture, the natural
+   (token-proportional) mixture and the uniform mixture, scored on the held-out benchmarks.
+
+Prints: rho (macro and per capability) with bootstrap CI, Kendall tau, top-25% rho, CRR and the
+FLOPs of one search per approach (merged proxies vs trained proxies at each budget), then the
+three final models side by side with the composite objective. Targets (issue 7): merged macro
+rho >= 0.85; merged ahead of trained proxies of equal or larger compute; the chosen mixture no
+worse than both baselines on the composite objective.
+
+usage: python benchmarks/fidelity_vs_compute.py [--out runs/fidelity_bench] [--references 8]
+           [--budgets 12288,24576,49152] [-s key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def fmt_stat(st) -> str:
+    if not st.defined:
+        return "undef"
+    if math.isnan(st.ci_low):
+        return f"{st.value:+.2f}"
+    return f"{st.value:+.2f} [{st.ci_low:+.2f},{st.ci_high:+.2f}]"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/fidelity_bench", help="run directory (resumed when it exists)")
+    ap.add_argument("--references", type=int, default=8, help="sampled reference mixtures (>= 8 for the comparison)")
+    ap.add_argument("--budgets", default="12288,24576,49152", help="trained-proxy token budgets, comma-separated")
+    ap.add_argument("-s", "--set", dest="overrides", action="append", default=[], help="extra config override")
+    args = ap.parse_args()
+
+    from demix.configs import load_preset
+    from demix.fidelity.stage import ModelScorer, run_fidelity
+    from demix.mixtures import mixture_key
+    from demix.prepare import prepare
+    from demix.rundir import RunDir, read_json, write_json
+    from demix.search import read_token_counts, reference_mixtures, run_search
+    from demix.training import train_base, train_components
+
+    overrides = [
+        f"output_dir={args.out}",
+        f"fidelity.num_references={args.references}",
+        f"fidelity.trained_proxy_budgets=[{args.budgets}]",
+        "train.device=cpu",
+        "evaluation.device=cpu",
+        *args.overrides,
+    ]
+    config = load_preset("demo", overrides)
+    run = RunDir(config.run_dir)
+    run.root.mkdir(parents=True, exist_ok=True)
+    print("preset: demo, overrides:", " ".join(overrides))
+    t = config.train
+    print(f"model: hidden {config.model.hidden_size}, layers {config.model.num_layers}, seq {config.model.seq_len}; "
+          f"base {t.base.tokens:,} tok, components {t.components.tokens:,} tok (general share "
+          f"{t.components.general_share}, lr {t.components.lr}), references {t.reference.tokens:,} tok (lr {t.reference.lr}), "
+          f"search rounds {config.search.rounds}, held-out tokens/domain {config.evaluation.heldout_tokens:,}")
+    timings: dict[str, float] = {}
+
+    def phase(name: str, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        timings[name] = time.perf_counter() - t0
+        print(f"[{name}: {timings[name]:.0f} s]", flush=True)
+        return out
+
+    phase("prepare", lambda: prepare(config, run, progress=False))
+    phase("base", lambda: train_base(config, run, show_progress=False))
+    phase("components", lambda: train_components(config, run, show_progress=False))
+    domains = config.data.domain_names
+    token_counts = read_token_counts(run, domains)
+
+    def search():
+        if run.best_mixture.is_file():
+            return read_json(run.best_mixture)
+        from demix.evaluation import Evaluator
+        from demix.merging import ProxyBuilder
+
+        builder = ProxyBuilder.from_run(config, run, "cpu")
+        evaluator = Evaluator.from_run(config, run, "cpu")
+
+        def scorer(m):
+            builder.build(m)
+            return evaluator.evaluate(builder.model)
+
+        return run_search(config, run, scorer, token_counts, progress=False).best
+
+    best = phase("search", search)
+    events: list[tuple[str, str, str]] = []
+
+    def on_event(kind, key, action):
+        events.append((kind, key, action))
+        print(f"  {kind:<16} {key} {action}", flush=True)
+
+    result = phase("fidelity", lambda: run_fidelity(config, run, progress=False, device="cpu", on_event=on_event))
+
+    # ---------------------------------------------------------------- final models
+    finals = {"chosen": dict(best["weights"])}
+    for name, w in reference_mixtures(domains, token_counts).items():
+        finals[name] = {d: float(x) for d, x in zip(domains, w)}
+
+    def train_finals():
+        scorer = ModelScorer(config, run, device="cpu", progress=False, on_event=on_event)
+        try:
+            return {name: scorer.reference(m) for name, m in finals.items()}
+        finally:
+            scorer.close()
+
+    final_scores = phase("final models", train_finals)
+
+    # ---------------------------------------------------------------- tables
+    print()
+    print(f"Fidelity against {len(result.mixtures)} reference models "
+          f"({config.fidelity.confidence:.0%} bootstrap CI, {config.fidelity.bootstrap} resamples); "
+          f"compute = one search of {result.compute['search_proxies']} proxies")
+    caps = [n for n, tf in next(iter(result.reports.values())).targets.items() if tf.capability]
+    head = f"| proxies | train tok/search | FLOPs/search | vs DeMix | macro rho [CI] | macro tau | top-25% rho | macro CRR | " + \
+        " | ".join(f"rho {c}" for c in caps) + " |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    budgets = {b["approach"]: b for b in result.compute["budgets"]}
+    demix_flops = budgets["demix"]["flops"]
+    for kind, rep in result.reports.items():
+        b = budgets["demix" if kind == "merged" else kind]
+        m = rep.macro
+        print(f"| {kind} | {b['train_tokens']:,} | {b['flops']:.3g} | {b['flops'] / demix_flops:.2f}x | "
+              f"{fmt_stat(m['spearman'])} | {fmt_stat(m['kendall'])} | {fmt_stat(m['top_spearman'])} | "
+              f"{fmt_stat(m['crr'])} | " + " | ".join(fmt_stat(rep.targets[c].spearman) for c in caps) + " |")
+    print(f"(n = {len(result.mixtures)} mixtures; top-25% rho rests on "
+          f"{next(iter(result.reports.values())).macro['top_spearman'].n} points; CRR on 2**-bits-per-byte)")
+
+    print()
+    print("Audit warnings:" if result.audit.warnings() else "Audit: no warnings")
+    for w in result.audit.warnings():
+        print(f"  {w.severity}: {w.message}")
+    gaps = [g.relative_distance for g in result.audit.gaps]
+    if gaps:
+        print(f"proxy gap ||proxy - reference|| / ||reference - base||: median {sorted(gaps)[len(gaps) // 2]:.2f}, "
+              f"range {min(gaps):.2f}-{max(gaps):.2f}")
+    print("relative delta ||delta|| / ||base|| (all tensors): " + ", ".join(
+        f"{d} {g['all'].relative:.3f}" for d, g in result.audit.deltas.items()))
+
+    # Composite objective of the final models: the search's rank_mean (mean over capabilities of
+    # the percentile rank among every reference-recipe model trained in this run) and the
+    # equal-weight mean of capability scores.
+    from demix.store import Store
+
+    with Store(config.store.url or run.store_url) as store:
+        pool = store.evaluations_done("reference")
+    caps_all = list(final_scores["chosen"].capabilities)
+    import numpy as np
+
+    from demix.objectives import objective_values
+
+    pool_scores = np.array([[e.capabilities[c] for c in caps_all] for e in pool])
+    final_rows = np.array([[final_scores[n].capabilities[c] for c in caps_all] for n in finals])
+    both = np.vstack([pool_scores, final_rows])
+    rank_obj = objective_values("rank_mean", both, caps_all, config.search.capability_weights)[-len(finals):]
+    mean_obj = objective_values("weighted", final_rows, caps_all, config.search.capability_weights)
+    print()
+    print(f"Models trained with the reference recipe ({config.train.reference.tokens:,} tokens) on three mixtures, "
+          "held-out bits per byte (lower is better)")
+    bench = list(final_scores["chosen"].benchmarks)
+    head = "| mixture | weights | " + " | ".join(bench) + " | mean capability | rank-mean objective |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for i, (name, m) in enumerate(finals.items()):
+        s = final_scores[name]
+        weights = ", ".join(f"{d} {w:.2f}" for d, w in m.items())
+        print(f"| {name} | {weights} | " + " | ".join(f"{s.benchmarks[b]:.4f}" for b in bench)
+              + f" | {mean_obj[i]:+.4f} | {rank_obj[i]:.3f} |")
+    print(f"(rank-mean: mean over capabilities of the percentile rank among all {len(both)} reference-recipe models)")
+
+    merged = result.reports["merged"].macro["spearman"]
+    trained = {k: r.macro["spearman"] for k, r in result.reports.items() if k != "merged"}
+    ahead = all(merged.value > v.value for k, v in trained.items() if budgets[k]["flops"] >= demix_flops and v.defined)
+    chosen_ok = mean_obj[0] >= max(mean_obj[1:]) and rank_obj[0] >= max(rank_obj[1:])
+    print()
+    print(f"targets: merged macro rho >= 0.85: {'MET' if merged.defined and merged.value >= 0.85 else 'NOT MET'} "
+          f"({merged.value:.3f}); merged ahead of trained proxies of >= compute: {'MET' if ahead else 'NOT MET'}; "
+          f"chosen no worse than natural and uniform: {'MET' if chosen_ok else 'NOT MET'}")
+    print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    write_json(run.fidelity / "benchmark.json", {
+        "overrides": overrides,
+        "timings_s": timings,
+        "finals": {n: {"weights": finals[n], "key": mixture_key(finals[n]), "benchmarks": final_scores[n].benchmarks,
+                       "capabilities": final_scores[n].capabilities, "mean_capability": float(mean_obj[i]),
+                       "rank_mean": float(rank_obj[i])} for i, n in enumerate(finals)},
+        "summary": result.summary,
+    })
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""`demix run` and `demix demo`: the whole pipeline in one command."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from demix.cli import app
+from demix.cli._common import ConfigArg, OverridesOpt, QuietOpt, console, open_run, setup_logging
+from demix.config import RunConfig, save_config
+from demix.rundir import RunDir
+
+DeviceOpt = Annotated[
+    str, typer.Option(help="Device for proxies and evaluation: auto (evaluation.device), cpu, cuda, cuda:0, ...")
+]
+
+
+def _run_and_summarise(cfg: RunConfig, run: RunDir, quiet: bool, device: str, command: str) -> None:
+    from demix.pipeline import run_pipeline, summary_table
+
+    result = run_pipeline(
+        cfg, run, quiet, console=console, device=None if device == "auto" else device, command=command
+    )
+    console.quiet = False  # the summary is the result: shown even with --quiet
+    console.rule("[bold]result")
+    console.print(summary_table(result.best))
+    stages = ", ".join(f"{t.stage} {'skipped' if t.skipped else f'{t.seconds:.0f} s'}" for t in result.timings)
+    console.print(
+        f"stages: {stages} (total {result.seconds:.0f} s; {run.root / 'timings.json'})\n"
+        f"chosen mixture: {run.best_mixture}\n"
+        f"report: {result.report}\n"
+        f"export it with: demix export {run.root} --to megatron|nemo|nanotron|olmo-core|hf-datasets|mosaic|json"
+    )
+
+
+@app.command("run")
+def run_cmd(config: ConfigArg, overrides: OverridesOpt = None, device: DeviceOpt = "auto", quiet: QuietOpt = False) -> None:
+    """Run the whole DeMix search on CONFIG: prepare -> train base -> train components -> search -> report.
+
+    Stage by stage: split and tokenise the domains; pretrain the base on the general domain; train one component per domain from the base; then, in rounds, merge a proxy for each sampled mixture, evaluate it, fit predictors from mixture to scores and rank a large candidate pool; the chosen mixture is the mean of the top-k. Finally writes report/report.html and report/report.md.
+
+    Every stage reads and writes known files in the run directory (output_dir) and is skipped when already done, so running the same command again after an interruption resumes where it stopped. Logs go to <output_dir>/logs/demix.log, stage times to <output_dir>/timings.json.
+    """
+    cfg, run = open_run(config, overrides, quiet)
+    _run_and_summarise(cfg, run, quiet, device, f"demix run {config}")
+
+
+@app.command("demo")
+def demo_cmd(
+    preset: Annotated[
+        str, typer.Option(help="demo: tiny models, about 5-10 minutes on 2 CPU cores; full: more tokens and proxies, about an hour.")
+    ] = "demo",
+    overrides: OverridesOpt = None,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Run the whole DeMix search on the built-in offline example (no data, GPU or network needed).
+
+    Four domains from embedded corpora (English prose, maths prose, generated maths problems, Python code), a tiny Llama base and one component per domain, then the merged-proxy search and the report. Writes runs/demo (or runs/full; change with -s output_dir=...). Run it again to resume after an interruption. `demix init` writes this config as a commented file to start your own.
+    """
+    from demix.configs import load_preset
+
+    cfg = load_preset(preset, overrides or [])
+    run = RunDir(cfg.run_dir)
+    run.root.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run.config)
+    setup_logging(run, quiet)
+    _run_and_summarise(cfg, run, quiet, device, f"demix demo --preset {preset}")
+

@@ -1,0 +1,124 @@
+"""The executor interface and the in-process executor.
+
+An executor scores mixtures somewhere (this process, a Ray cluster) and hands every result back
+to the driver as soon as it is ready; the driver commits it to the store before anything else.
+
+    executor.evaluate(items, on_result)
+
+``items`` yields ``(plan_index, mixture)`` pairs and is advanced lazily, only when a worker is
+free, so that the driver claims a mixture in the store just before it is dispatched (several
+drivers can then share one round). ``on_result(plan_index, mixture, result)`` runs in the driver
+process, in completion order; ``result`` has ``.benchmarks`` and ``.capabilities`` (an object or
+a mapping), as a scorer's result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+from demix.errors import DemixError
+from demix.mixtures import mixture_key
+
+log = logging.getLogger("demix.executors")
+
+Mixture = dict[str, float]
+WorkItem = tuple[int, Mixture]
+#: Called in the driver for each finished evaluation: (plan index, mixture, scorer result).
+OnResult = Callable[[int, Mixture, Any], None]
+Scorer = Callable[[Mixture], Any]
+
+
+class Executor:
+    """Where proxy evaluations run. Subclasses implement :meth:`evaluate`; use as a context manager."""
+
+    name: ClassVar[str] = "executor"
+
+    @property
+    def num_workers(self) -> int:
+        """How many mixtures are evaluated at the same time."""
+        return 1
+
+    def evaluate(self, items: Iterable[WorkItem], on_result: OnResult) -> None:  # pragma: no cover - abstract
+        """Score every item; call ``on_result`` in this process as each one finishes."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the workers."""
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class LocalExecutor(Executor):
+    """Scores mixtures one after the other in this process with ``scorer(mixture)``."""
+
+    name = "local"
+
+    def __init__(self, scorer: Scorer) -> None:
+        if not callable(scorer):
+            raise DemixError(f"the local executor needs a scorer callable, got {type(scorer).__name__}", "pass scorer(mixture) -> result")
+        self.scorer = scorer
+
+    def evaluate(self, items: Iterable[WorkItem], on_result: OnResult) -> None:
+        for index, mixture in items:
+            on_result(index, mixture, self.scorer(mixture))
+
+
+def evaluate_planned(
+    executor: Executor,
+    store: Any,
+    planned: Sequence[Mapping[str, float]],
+    commit: Callable[[int, Mixture, Any], bool],
+    *,
+    round: int | None,
+    proxy_kind: str = "merged",
+    wait_seconds: float = 2.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Evaluate a round's planned mixtures that the store does not hold yet; return how many this
+    driver stored.
+
+    Each mixture is claimed in ``store`` just before it is dispatched (a mixture another driver
+    holds is skipped), and ``commit(index, mixture, result)`` stores each result as it arrives
+    (True when stored). Then, while mixtures held by other drivers are unfinished, this driver
+    waits (polling every ``wait_seconds``) and claims again: claims of drivers that died are
+    re-queued here. On return every planned mixture is done, so all drivers fit the next round on
+    the same evaluations.
+    """
+    keys = [mixture_key(m) for m in planned]
+    remaining = list(range(len(planned)))
+    stored = 0
+
+    def on_result(index: int, mixture: Mixture, result: Any) -> None:
+        nonlocal stored
+        if commit(index, mixture, result):
+            stored += 1
+        store.renew()  # the claims still in flight stay ours
+
+    def claimed(indices: list[int]) -> Iterator[WorkItem]:
+        for i in indices:
+            m = {d: float(w) for d, w in planned[i].items()}
+            if store.claim(m, proxy_kind, round, {"round": round, "plan_index": i}):
+                yield i, m
+
+    waited = 0.0
+    while True:
+        done = store.done_keys(proxy_kind)
+        remaining = [i for i in remaining if keys[i] not in done]
+        if not remaining:
+            return stored
+        if waited:
+            log.info("round %s: %d mixture(s) held by other drivers; waited %.0f s", round, len(remaining), waited)
+        before = stored
+        executor.evaluate(claimed(remaining), on_result)
+        done = store.done_keys(proxy_kind)
+        remaining = [i for i in remaining if keys[i] not in done]
+        if remaining and stored == before:
+            sleep(wait_seconds)
+            waited += wait_seconds
