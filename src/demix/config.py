@@ -170,7 +170,42 @@ class ComponentTrainConfig(TrainConfig):
     """Components trained elsewhere: domain name -> HF checkpoint directory. Those domains are not trained."""
 
 
+class CommandTrainerConfig(StrictModel):
+    template: str | None = None
+    """Your trainer's launch command for one run, with placeholders filled per component /
+    reference: {data_mixture_file} {output_dir} {tokens} {seed} {domain} {role} {name} {init}
+    {lr} {batch_size} {seq_len} {run_dir}. Paths are shell-quoted. Example:
+    `torchrun --nproc_per_node 8 pretrain_gpt.py --data-args-path {data_mixture_file}
+    --train-tokens {tokens} --seed {seed} --save {output_dir} --load {init}`."""
+
+    format: str = "megatron"
+    """Trainer format of the data-mixture file written per run (a `demix export` format:
+    megatron, nemo, nanotron, olmo-core, hf-datasets, mosaic, json)."""
+
+    data_prefixes: dict[str, str] = Field(default_factory=dict)
+    """Domain -> the data path your trainer reads for it (e.g. /data/math_text_document)."""
+
+    converter: str | None = None
+    """Command run on a finished run whose output is not a HF checkpoint, to write one:
+    placeholders {output_dir} (the trainer's output) and {hf_dir} (where the HF directory must
+    appear). None: the trainer writes a HF checkpoint (safetensors) into {output_dir} itself."""
+
+    slurm: bool = False
+    """Also write a Slurm array script (one array task per run) instead of running the commands here."""
+
+    slurm_options: list[str] = Field(default_factory=list)
+    """Extra `#SBATCH` options of the array script, e.g. ["--gpus-per-node=8", "--time=24:00:00"]."""
+
+
 class TrainingConfig(StrictModel):
+    backend: Literal["hf", "command"] = "hf"
+    """Who trains components and reference models: `hf`, demix's Hugging Face Trainer recipe
+    (also under accelerate / torchrun), or `command`, your own trainer launched from
+    `train.command.template` (see docs/scaling.md)."""
+
+    command: CommandTrainerConfig = Field(default_factory=CommandTrainerConfig)
+    """The `command` backend: launch template, data-mixture format, converter, Slurm."""
+
     base: TrainConfig = Field(default_factory=TrainConfig)
     """Pretraining of the base from scratch on the general domain."""
 
@@ -242,7 +277,8 @@ class EvaluationConfig(StrictModel):
     """Held-out tokens scored per domain for each proxy (fixed, so proxies are comparable)."""
 
     batch_size: int = Field(default=16, gt=0)
-    """Sequences per forward pass in held-out evaluation."""
+    """Sequences per forward pass (held-out loss and lm_eval tasks). Logits take
+    batch_size x seq_len x vocab x 4 bytes: lower it for large vocabularies."""
 
     task_dirs: list[str] = Field(default_factory=list)
     """Extra directories of lm-eval task YAML files (e.g. the harness's own task folders when the

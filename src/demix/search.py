@@ -72,8 +72,10 @@ def _result_parts(result: Any) -> tuple[dict[str, float], dict[str, float], dict
 
 
 def expected_capabilities(config: RunConfig) -> list[str]:
-    """Capability names the evaluation reports (config, or one per domain when none are set)."""
-    return [c.name for c in config.evaluation.capabilities] or list(config.data.domain_names)
+    """Capability names the evaluation reports (the evaluation's own defaults when none are set)."""
+    from demix.evaluation.benchmarks import resolve_capabilities
+
+    return [c.name for c in resolve_capabilities(config)]
 
 
 def read_token_counts(run: RunDir, domains: Sequence[str]) -> dict[str, int]:
@@ -165,7 +167,9 @@ def resolve_directions(
     """higher_is_better per benchmark: explicit argument, then what the scorer reported (kept in
     each row's provenance), then ``evaluation.benchmarks`` in the config."""
     names = sorted({b for e in evaluations for b in e.benchmarks})
-    from_config = {b.name: b.higher_is_better for b in config.evaluation.benchmarks}
+    from demix.evaluation.benchmarks import resolve_benchmarks
+
+    from_config = {b.name: b.higher_is_better for b in resolve_benchmarks(config) if b.higher_is_better is not None}
     out: dict[str, bool] = {}
     for b in names:
         if explicit and b in explicit:

@@ -213,3 +213,10 @@ def test_heldout_mc_of_unknown_domain_is_a_clear_error(tiny_run):
     config = make_config(run.root, benchmarks=[{"name": "x", "evaluator": "lm_eval", "task": "demix_heldout_mc_poetry"}])
     with pytest.raises(DemixError, match="domain 'poetry', which is not a domain of the run"):
         Evaluator.from_run(config, run, "cpu")
+
+
+def test_task_with_missing_data_file_is_a_clear_error(tiny_run, tmp_path):
+    _, tokenizer, _ = tiny_run
+    (tmp_path / "nodata.yaml").write_text(ROLLING_YAML.format(name="nodata", data=tmp_path / "missing.jsonl"))
+    with pytest.raises(DemixError, match=r"could not load task\(s\) \['nodata'\]"):
+        Harness([Benchmark("b", "lm_eval", None, None, task="nodata")], [tmp_path], tokenizer)

@@ -71,10 +71,9 @@ def eval_command(
 ) -> None:
     """Score one model on the run's benchmarks and print the benchmark values and capability scores.
 
-    Give either --checkpoint DIR (any HF causal LM trained with the run's tokenizer) or
-    --mixture WEIGHTS (the proxy merged from the run's components, built in memory). The
-    benchmarks and capabilities come from the config's `evaluation` section (default: bits per
-    byte on each domain's held-out split). Needs `demix prepare` to have run.
+    Give either --checkpoint DIR (any HF causal LM trained with the run's tokenizer) or --mixture WEIGHTS (the proxy merged from the run's components, built in memory).
+
+    The benchmarks and capabilities come from the config's `evaluation` section (default: bits per byte on each domain's held-out split). Needs `demix prepare` to have run. See docs/evaluation.md.
     """
     if (checkpoint is None) == (mixture is None):
         raise DemixError("give exactly one of --checkpoint and --mixture", "e.g. demix eval CONFIG --checkpoint runs/demo/models/base")

@@ -10,25 +10,6 @@ from demix.cli import app
 from demix.cli._common import ConfigArg, OverridesOpt, QuietOpt, console, open_run, stage_header
 
 
-def merged_proxy_scorer(config, run, device: str):
-    """The pipeline's scorer: write the merged proxy of a mixture into one resident model, evaluate it."""
-    from demix.errors import DemixError
-
-    try:
-        from demix.evaluation import Evaluator
-        from demix.merging import ProxyBuilder
-    except ImportError as exc:  # the merging / evaluation stages are optional plug-ins of this verb
-        raise DemixError(f"the proxy builder or evaluator is not available ({exc})", "install demix with its merging and evaluation modules") from None
-    builder = ProxyBuilder.from_run(config, run, device)
-    evaluator = Evaluator.from_run(config, run, device)
-
-    def scorer(mixture: dict[str, float]):
-        builder.build(mixture)
-        return evaluator.evaluate(builder.model)
-
-    return scorer
-
-
 @app.command("search")
 def search_cmd(
     config: ConfigArg,
@@ -42,6 +23,7 @@ def search_cmd(
 
     Writes search/round_<r>/ (plan, predictors, CV report, pool, Pareto front) and best_mixture.json. Needs `demix prepare` and trained components first.
     """
+    from demix.pipeline import merged_proxy_scorer
     from demix.search import read_token_counts, run_search
 
     cfg, run = open_run(config, overrides, quiet)

@@ -103,3 +103,56 @@ def reference(config: ConfigArg, mixture: MixtureOpt, overrides: OverridesOpt = 
 def trained_proxy(config: ConfigArg, mixture: MixtureOpt, overrides: OverridesOpt = None, quiet: QuietOpt = False) -> None:
     """Train a short proxy on a mixture (train.trained_proxy recipe): the RegMix-style baseline."""
     _train_mixture(config, overrides, quiet, mixture, "trained_proxy")
+
+
+@train_app.command("command")
+def command(
+    config: ConfigArg,
+    domain: Annotated[
+        list[str] | None,
+        typer.Option("--domain", "-d", help="Only this domain's component (repeatable). Default: every component."),
+    ] = None,
+    reference: Annotated[
+        list[str] | None,
+        typer.Option("--reference", "-r", help="Also a reference model on this mixture (repeatable), e.g. general=0.5,math=0.5."),
+    ] = None,
+    no_components: Annotated[bool, typer.Option("--no-components", help="Only the --reference runs.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Write the mixture files and scripts, print the commands, run nothing.")] = False,
+    register: Annotated[
+        bool, typer.Option("--register", help="Run nothing; register the checkpoints that exist (after Slurm jobs finished).")
+    ] = False,
+    overrides: OverridesOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train components (and reference models) with YOUR trainer: the `command` backend.
+
+    For each run, writes the data-mixture file in train.command.format (megatron, nemo, nanotron,
+    olmo-core, ...) under <run>/train_commands/, fills train.command.template ({data_mixture_file},
+    {output_dir}, {tokens}, {seed}, {domain}, ...) and runs it here, one run after the other; then
+    converts the output (train.command.converter) and registers the checkpoint for merging.
+    With train.command.slurm=true it writes slurm_array.sh instead: submit it with sbatch, then
+    run this again with --register.
+    """
+    cfg, run = open_run(config, overrides, quiet)
+    from demix.mixtures import parse_mixture
+    from demix.training.command import describe, execute_plan, plan_command_runs, register_finished, write_plan
+
+    roles = () if no_components else ("component",)
+    mixtures = [parse_mixture(m) for m in reference or []]
+    plans = plan_command_runs(cfg, run, roles, mixtures, domain or None)
+    out = write_plan(cfg, run, plans)
+    if dry_run or (cfg.train.command.slurm and not register):
+        console.quiet = False
+        typer.echo(describe(plans), nl=False)  # plain: commands must stay copy-pasteable, never wrapped
+        hint = f"submit it with: sbatch {out / 'slurm_array.sh'}" if cfg.train.command.slurm else "nothing was run (--dry-run)"
+        console.print(f"[dim]wrote {out} ({len(plans)} run(s)); {hint}[/]")
+        return
+    if register:
+        done, missing = register_finished(cfg, run, plans)
+        console.print(f"registered {len(done)} checkpoint(s); {len(missing)} not finished yet: {', '.join(missing) or '-'}")
+        if missing:
+            raise typer.Exit(2)
+        return
+    stage_header("train (command backend)", f"{len(plans)} run(s) of your trainer", out)
+    trained = execute_plan(cfg, run, plans)
+    console.print(f"trained and registered {len(trained)} run(s); {len(plans) - len(trained)} were already finished")

@@ -156,6 +156,10 @@ class Harness:
                 "use a shipped task (demix_math, demix_humaneval, demix_humaneval_bpb, demix_heldout_mc_<domain>) "
                 "or add the directory holding the task's YAML to evaluation.task_dirs",
             )
+        import datasets
+
+        bars = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()  # local files load in milliseconds: no bars in the CLI's output
         try:
             self.task_dict = manager.load(names)
         except Exception as exc:  # the harness raises many kinds for a bad task (datasets, jinja, keys)
@@ -163,6 +167,9 @@ class Harness:
                 f"lm_eval could not load task(s) {names}: {type(exc).__name__}: {exc}",
                 "check the task YAML and that its data_files exist (the run is offline: no hub datasets)",
             ) from None
+        finally:
+            if bars:
+                datasets.enable_progress_bars()
         leaf = self.task_dict["tasks"]
         groups = self.task_dict["groups"]
         for task in leaf.values():

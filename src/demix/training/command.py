@@ -1,0 +1,311 @@
+"""The `command` trainer backend: components and reference models trained by your own trainer.
+
+For each run (one component per domain, one reference model per mixture) demix renders
+
+- the data-mixture file in your trainer's format (the exporters of ``demix export``: Megatron,
+  NeMo, nanotron, OLMo-core, HF datasets, MosaicML, JSON), with the token budget of the run;
+- your launch command, from ``train.command.template`` with placeholders filled in;
+- optionally one Slurm array script with one array task per run;
+
+then runs the commands one after the other here (or leaves them to Slurm), converts non-HF
+outputs with ``train.command.converter``, and *registers* each finished checkpoint: checks it
+is a HF safetensors checkpoint compatible with the base and writes its ``demix.json``, so the
+merging stage finds it like a component trained by the HF recipe.
+
+    plan = plan_command_runs(config, run, roles=("component",))
+    write_plan(config, run, plan)                # <run>/train_commands/...
+    execute_plan(config, run, plan)              # run, convert, register (skips finished ones)
+    register_finished(config, run, plan)         # after Slurm: register what exists
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import string
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from demix.config import RunConfig
+from demix.errors import DemixError
+from demix.mixtures import mixture_key, validate_mixture
+from demix.rundir import RunDir, atomic_write_text, write_json
+
+log = logging.getLogger("demix.training.command")
+
+PLACEHOLDERS = (
+    "data_mixture_file", "output_dir", "tokens", "seed", "domain", "role", "name", "init",
+    "lr", "batch_size", "seq_len", "run_dir",
+)
+CONVERTER_PLACEHOLDERS = ("output_dir", "hf_dir")
+ROLES = ("component", "reference")
+
+
+@dataclass(frozen=True)
+class CommandRun:
+    """One training run of the command backend, fully rendered."""
+
+    name: str
+    """Unique name: ``component-<domain>`` or ``reference-<mixture key>``."""
+    role: str
+    domain: str | None
+    mixture: dict[str, float]
+    tokens: int
+    seed: int
+    init: str
+    """The base checkpoint the run continues from."""
+    output_dir: str
+    """Where the trainer writes (the HF directory itself when there is no converter)."""
+    hf_dir: str
+    """Where demix expects the finished HF checkpoint (``models/components/<domain>`` ...)."""
+    mixture_file: str
+    command: str
+    converter: str | None
+
+
+def _fill(template: str, values: Mapping[str, Any], allowed: Sequence[str], what: str) -> str:
+    """``template`` with ``{name}`` placeholders replaced; unknown names are a DemixError."""
+    try:
+        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as exc:
+        raise DemixError(f"{what} '{template}' is not a valid template ({exc})", "write placeholders as {name}; double braces {{ }} for literal ones") from None
+    unknown = sorted(n for n in names if n not in allowed)
+    if unknown:
+        raise DemixError(f"{what} uses unknown placeholder(s) {unknown}", f"use only {{{'}, {'.join(allowed)}}}")
+    return template.format_map({k: values[k] for k in names})
+
+
+def _recipe(config: RunConfig, role: str):
+    from demix.training.recipe import reference_recipe
+
+    return config.train.components if role == "component" else reference_recipe(config)
+
+
+def _mixture_document(config: RunConfig, run: RunDir, mixture: Mapping[str, float], tokens: int) -> dict[str, Any]:
+    """A ``best_mixture.json``-like document the exporters render: weights, budget, epochs."""
+    domains = config.data.domain_names
+    doc: dict[str, Any] = {"weights": {d: float(mixture.get(d, 0.0)) for d in domains}, "target_tokens": int(tokens)}
+    counts, docs = {}, {}
+    for d in domains:
+        meta = run.data / d / "train.meta.json"
+        if meta.is_file():
+            m = json.loads(meta.read_text())
+            counts[d], docs[d] = int(m["tokens"]), int(m.get("documents", 0))
+    if len(counts) == len(domains):
+        doc["epochs"] = {d: (doc["weights"][d] * tokens / counts[d]) if counts[d] else None for d in domains}
+        if all(docs.values()):
+            doc["mean_document_tokens"] = {d: counts[d] / docs[d] for d in domains}
+    return doc
+
+
+def plan_command_runs(
+    config: RunConfig,
+    run: RunDir,
+    roles: Sequence[str] = ("component",),
+    mixtures: Sequence[Mapping[str, float]] = (),
+    domains: Sequence[str] | None = None,
+) -> list[CommandRun]:
+    """Render every run: components of ``domains`` (default: all not in ``train.components.paths``)
+    when ``"component"`` is in ``roles``, and one reference model per mixture of ``mixtures``."""
+    from demix.exporters import get_exporter
+    from demix.training.recipe import base_dir, component_mixture
+
+    cmd = config.train.command
+    if not cmd.template:
+        raise DemixError(
+            "train.command.template is not set",
+            "set it to your trainer's launch command, e.g. 'torchrun ... --data-path {data_mixture_file} --save {output_dir}'",
+        )
+    unknown_roles = [r for r in roles if r not in ROLES]
+    if unknown_roles:
+        raise DemixError(f"unknown role(s) {unknown_roles} for the command backend", f"use {', '.join(ROLES)}")
+    exporter = get_exporter(cmd.format)
+    bad = [d for d in cmd.data_prefixes if d not in config.data.domain_names]
+    if bad:
+        raise DemixError(f"train.command.data_prefixes names unknown domain(s) {bad}", f"use the run's domains {config.data.domain_names}")
+    init = str(Path(base_dir(config, run)).resolve())
+    root = run.root.resolve()
+    wanted: list[tuple[str, str | None, dict[str, float], Path]] = []
+    if "component" in roles:
+        for d in domains if domains is not None else [d for d in config.data.domain_names if d not in config.train.components.paths]:
+            wanted.append(("component", d, component_mixture(config, d), run.component(d)))
+    if "reference" in roles or mixtures:
+        for m in mixtures:
+            w = validate_mixture(m, config.data.domain_names, normalize=config.merge.normalize)
+            wanted.append(("reference", None, w, run.reference(mixture_key(w))))
+    plans = []
+    for role, domain, mixture, hf_dir in wanted:
+        recipe = _recipe(config, role)
+        name = f"component-{domain}" if role == "component" else f"reference-{mixture_key(mixture)}"
+        hf_dir = Path(hf_dir).resolve()
+        output_dir = (root / "models" / "_trainer_output" / name) if cmd.converter else hf_dir
+        mixture_file = root / "train_commands" / f"{name}{exporter.suffix}"
+        values = {
+            "data_mixture_file": shlex.quote(str(mixture_file)),
+            "output_dir": shlex.quote(str(output_dir)),
+            "tokens": recipe.tokens,
+            "seed": recipe.seed,
+            "domain": domain or "",
+            "role": role,
+            "name": name,
+            "init": shlex.quote(init),
+            "lr": recipe.lr,
+            "batch_size": recipe.batch_size,
+            "seq_len": config.model.seq_len,
+            "run_dir": shlex.quote(str(root)),
+        }
+        command = _fill(cmd.template, values, PLACEHOLDERS, "train.command.template")
+        converter = None
+        if cmd.converter:
+            converter = _fill(
+                cmd.converter,
+                {"output_dir": shlex.quote(str(output_dir)), "hf_dir": shlex.quote(str(hf_dir))},
+                CONVERTER_PLACEHOLDERS,
+                "train.command.converter",
+            )
+        plans.append(
+            CommandRun(name, role, domain, dict(mixture), recipe.tokens, recipe.seed, init, str(output_dir), str(hf_dir), str(mixture_file), command, converter)
+        )
+    return plans
+
+
+def render_mixture_file(config: RunConfig, run: RunDir, plan: CommandRun) -> str:
+    """The data-mixture file of one run in ``train.command.format``."""
+    from demix.exporters import get_exporter
+
+    doc = _mixture_document(config, run, plan.mixture, plan.tokens)
+    return get_exporter(config.train.command.format).render(doc, config.train.command.data_prefixes)
+
+
+def render_slurm_array(config: RunConfig, run: RunDir, plans: Sequence[CommandRun]) -> str:
+    """A Slurm array script: task i runs plan i's command (and converter)."""
+    root = run.root.resolve()
+    lines = [
+        "#!/usr/bin/env bash",
+        f"#SBATCH --job-name=demix-{config.name}",
+        f"#SBATCH --array=0-{len(plans) - 1}",
+        f"#SBATCH --output={root}/logs/slurm-%A_%a.out",
+        *[f"#SBATCH {opt}" for opt in config.train.command.slurm_options],
+        "# Written by `demix train command`; after the jobs finish, register the checkpoints with",
+        f"#   demix train command {root / 'config.yaml'} --register",
+        "set -euo pipefail",
+        "case \"$SLURM_ARRAY_TASK_ID\" in",
+    ]
+    for i, p in enumerate(plans):
+        body = p.command + (f" && {p.converter}" if p.converter else "")
+        lines += [f"  {i})  # {p.name}", f"    {body}", "    ;;"]
+    lines += ["  *) echo \"no run for array task $SLURM_ARRAY_TASK_ID\" >&2; exit 1 ;;", "esac", ""]
+    return "\n".join(lines)
+
+
+def write_plan(config: RunConfig, run: RunDir, plans: Sequence[CommandRun]) -> Path:
+    """Write every mixture file, ``commands.sh``, ``plan.json`` (and ``slurm_array.sh`` when
+    ``train.command.slurm``) under ``<run>/train_commands``; returns that directory."""
+    out = run.root / "train_commands"
+    for p in plans:
+        atomic_write_text(Path(p.mixture_file), render_mixture_file(config, run, p))
+    script = ["#!/usr/bin/env bash", "# Written by `demix train command`: one trainer run per line.", "set -euo pipefail"]
+    for p in plans:
+        script += [f"# {p.name}", p.command + (f" && {p.converter}" if p.converter else "")]
+    atomic_write_text(out / "commands.sh", "\n".join(script) + "\n")
+    write_json(out / "plan.json", [asdict(p) for p in plans])
+    if config.train.command.slurm and plans:
+        atomic_write_text(out / "slurm_array.sh", render_slurm_array(config, run, plans))
+    return out
+
+
+def register_checkpoint(config: RunConfig, run: RunDir, plan: CommandRun) -> dict[str, Any]:
+    """Check that ``plan.hf_dir`` holds a HF safetensors checkpoint that merges with the base and
+    write its ``demix.json``; returns the provenance."""
+    from demix.training.model import check_compatible, safetensors_files, weights_hash
+    from demix.training.recipe import PROVENANCE, read_provenance
+
+    hf = Path(plan.hf_dir)
+    if (hf / PROVENANCE).is_file():
+        return read_provenance(hf)
+    if not (hf / "config.json").is_file():
+        raise DemixError(
+            f"run {plan.name} left no HF checkpoint at '{hf}' (no config.json)",
+            "make the trainer save HF safetensors there, or set train.command.converter to convert its output",
+        )
+    safetensors_files(hf)
+    check_compatible(Path(plan.init), hf, f"{plan.role} '{plan.domain or plan.name}'")
+    init = Path(plan.init)
+    base_hash = read_provenance(init).get("base_hash") if (init / PROVENANCE).is_file() else weights_hash(init)
+    provenance = {
+        "role": plan.role,
+        "domain": plan.domain,
+        "mixture": {d: w for d, w in plan.mixture.items() if w > 0},
+        "base_hash": base_hash,
+        "init": plan.init,
+        "tokens_seen": plan.tokens,
+        "schedule": {"trainer": "command", "command": plan.command, "converter": plan.converter},
+        "seed": plan.seed,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json(hf / PROVENANCE, provenance)  # written last: the directory is now a finished model
+    return provenance
+
+
+def register_finished(config: RunConfig, run: RunDir, plans: Sequence[CommandRun]) -> tuple[list[str], list[str]]:
+    """Register every run whose checkpoint exists (running the converter when one is set and the
+    HF directory is missing). Returns (registered names, missing names)."""
+    registered, missing = [], []
+    for p in plans:
+        hf, out = Path(p.hf_dir), Path(p.output_dir)
+        if p.converter and not (hf / "config.json").is_file() and out.is_dir() and any(out.iterdir()):
+            _shell(p.converter, run, f"converter of {p.name}")
+        if (hf / "config.json").is_file():
+            register_checkpoint(config, run, p)
+            registered.append(p.name)
+        else:
+            missing.append(p.name)
+    return registered, missing
+
+
+def _shell(command: str, run: RunDir, what: str) -> None:
+    log.info("running %s: %s", what, command)
+    run.log.parent.mkdir(parents=True, exist_ok=True)
+    with open(run.root / "logs" / "train_commands.log", "a") as fh:
+        fh.write(f"$ {command}\n")
+        fh.flush()
+        res = subprocess.run(command, shell=True, cwd=run.root, stdout=fh, stderr=subprocess.STDOUT)
+    if res.returncode != 0:
+        raise DemixError(
+            f"the {what} failed with exit code {res.returncode}: {command}",
+            f"see {run.root / 'logs' / 'train_commands.log'}; finished runs are kept and skipped on the next call",
+        )
+
+
+def execute_plan(config: RunConfig, run: RunDir, plans: Sequence[CommandRun]) -> list[str]:
+    """Run each unfinished plan here, one after the other: command, converter, registration.
+    Returns the names trained now (finished ones, holding ``demix.json``, are skipped)."""
+    from demix.training.recipe import is_finished
+
+    write_plan(config, run, plans)
+    done = []
+    for p in plans:
+        if is_finished(p.hf_dir):
+            continue
+        if not (Path(p.hf_dir) / "config.json").is_file():  # a crash after training: just register
+            _shell(p.command, run, f"trainer command of {p.name}")
+            if p.converter:
+                _shell(p.converter, run, f"converter of {p.name}")
+        register_checkpoint(config, run, p)
+        done.append(p.name)
+    return done
+
+
+def describe(plans: Sequence[CommandRun]) -> str:
+    """What would run, for ``--dry-run``: per run its command, converter and mixture file."""
+    out = []
+    for p in plans:
+        out += [f"# {p.name}: {p.tokens:,} tokens, seed {p.seed}, mixture {json.dumps(p.mixture)}", f"#   data-mixture file: {p.mixture_file}", p.command]
+        if p.converter:
+            out.append(p.converter)
+    return "\n".join(out) + "\n"
