@@ -38,24 +38,26 @@ def _png_ok(path):
     assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 300  # a real, readable-size figure
 
 
-def test_report_writes_figures_html_and_markdown(searched):
-    from demix.report import write_report
+def test_report_writes_figures_html_and_markdown(searched, capsys):
+    from demix.cli import main
 
     config, run = searched
-    files = write_report(run)
-    names = {f.name for f in files.figures}
+    main(["report", str(run.root)])  # the CLI verb
+    assert "report.html" in capsys.readouterr().out
+    figures = sorted((run.report / "figures").glob("*.png"))
+    names = {p.stem for p in figures}
     assert names == {"weights", "predicted_vs_measured", "cv_quality", "weight_histograms", "pool_scores", "pareto"}
-    for f in files.figures:
-        _png_ok(f.path)
-    html = files.html.read_text()
+    for p in figures:
+        _png_ok(p)
+    html = (run.report / "report.html").read_text()
     # Self-contained: every figure is inlined, byte for byte, and nothing is linked from disk.
     inlined = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
-    assert len(inlined) == len(files.figures)
-    assert {base64.b64decode(x) for x in inlined} == {f.path.read_bytes() for f in files.figures}
+    assert len(inlined) == len(figures)
+    assert {base64.b64decode(x) for x in inlined} == {p.read_bytes() for p in figures}
     assert "figures/" not in html
-    md = files.markdown.read_text()
-    for f in files.figures:
-        assert f"](figures/{f.path.name})" in md
+    md = (run.report / "report.md").read_text()
+    for p in figures:
+        assert f"](figures/{p.name})" in md
     best = read_json(run.best_mixture)
     # The summary table shows the chosen, natural and uniform weights as in best_mixture.json.
     for d, w in best["weights"].items():

@@ -137,7 +137,7 @@ def test_failed_command_and_missing_checkpoint_are_named(new_run, tmp_path):
         execute_plan(config, run, plans)
     assert "train_commands.log" in err.value.fix
     config.train.command.template = "true {output_dir}"
-    with pytest.raises(DemixError, match="left no HF checkpoint.*component-math"):
+    with pytest.raises(DemixError, match="component-math left no HF checkpoint"):
         execute_plan(config, run, plan_command_runs(config, run, ("component",), domains=["math"]))
     assert register_finished(config, run, plans) == ([], ["component-math"])
 
