@@ -16,18 +16,20 @@ three final models side by side with the composite objective. Targets (issue 7):
 rho >= 0.85; merged ahead of trained proxies of equal or larger compute; the chosen mixture no
 worse than both baselines on the composite objective.
 
-usage: python benchmarks/fidelity_vs_compute.py [--out runs/fidelity_bench] [--references 8]
+On a shared 2-core machine run it with OMP_NUM_THREADS=1: with another job or two running,
+torch's 2 OpenMP threads spin against each other (measured: about 12-30 s per base training step
+with 2 threads vs about 1 s with 1 thread, same load).
+
+usage: OMP_NUM_THREADS=1 python benchmarks/fidelity_vs_compute.py [--out runs/fidelity_bench] [--references 8]
            [--budgets 12288,24576,49152] [-s key=value ...]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import time
-from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -225,3 +225,27 @@ def test_cli_prints_the_table_and_exits_nonzero_on_errors(first, tmp_path, capsy
         main(["fidelity", str(cfg), "-s", "fidelity.num_references=0", "-s", "fidelity.mixtures=[]"])
     assert exc.value.code == 1
     assert "no reference mixtures" in capsys.readouterr().err
+
+
+def test_cli_help_explains_the_stage(capsys):
+    from demix.cli import main
+
+    try:
+        main(["fidelity", "--help"])
+    except SystemExit as exc:
+        assert not exc.code
+    out = " ".join(capsys.readouterr().out.split())  # the help is wrapped to the terminal width
+    for text in ("reference model", "trained proxy", "Spearman", "reused", "demix train components"):
+        assert text in out, text
+
+
+def test_store_keeps_one_row_per_trained_budget(tmp_path):
+    mixture = {"general": 0.5, "math": 0.5}
+    with Store(f"sqlite:///{tmp_path / 'store.sqlite'}") as store:
+        assert store.add(mixture, {"b": 1.0}, {"c": -1.0}, trained_kind(256))
+        assert store.add(mixture, {"b": 0.9}, {"c": -0.9}, trained_kind(512))
+        assert not store.add(mixture, {"b": 0.8}, {"c": -0.8}, trained_kind(256))
+        assert store.get(mixture, "trained@512").benchmarks == {"b": 0.9}
+        for bad in ("trained@", "trained@x", "trained@0", "merged@5"):
+            with pytest.raises(DemixError, match="unknown proxy kind"):
+                store.add(mixture, {"b": 1.0}, {"c": -1.0}, bad)

@@ -29,8 +29,14 @@ def search_cmd(
     cfg, run = open_run(config, overrides, quiet)
     stage_header("search", "evaluate merged proxies, fit predictors, rank candidates", run.best_mixture)
     token_counts = read_token_counts(run, cfg.data.domain_names)
-    scorer = merged_proxy_scorer(cfg, run, device if device != "auto" else cfg.evaluation.device)
-    result = run_search(cfg, run, scorer, token_counts, progress=not quiet)
+    if cfg.executor.kind == "local":
+        scorer = merged_proxy_scorer(cfg, run, device if device != "auto" else cfg.evaluation.device)
+        result = run_search(cfg, run, scorer, token_counts, progress=not quiet)
+    else:  # e.g. Ray: each worker builds its own resident proxy (docs/scaling.md)
+        from demix.executors import make_executor
+
+        with make_executor(cfg, run, device=None if device == "auto" else device) as executor:
+            result = run_search(cfg, run, None, token_counts, progress=not quiet, executor=executor)
 
     from rich.table import Table
 

@@ -126,12 +126,9 @@ def command(
 ) -> None:
     """Train components (and reference models) with YOUR trainer: the `command` backend.
 
-    For each run, writes the data-mixture file in train.command.format (megatron, nemo, nanotron,
-    olmo-core, ...) under <run>/train_commands/, fills train.command.template ({data_mixture_file},
-    {output_dir}, {tokens}, {seed}, {domain}, ...) and runs it here, one run after the other; then
-    converts the output (train.command.converter) and registers the checkpoint for merging.
-    With train.command.slurm=true it writes slurm_array.sh instead: submit it with sbatch, then
-    run this again with --register.
+    For each run, writes the data-mixture file in train.command.format (megatron, nemo, nanotron, olmo-core, ...) under <run>/train_commands/, fills train.command.template ({data_mixture_file}, {output_dir}, {tokens}, {seed}, {domain}, ...) and runs it here, one run after the other; then converts the output (train.command.converter) and registers the checkpoint for merging.
+
+    With train.command.slurm=true it writes slurm_array.sh instead: submit it with sbatch, then run this again with --register. See docs/scaling.md.
     """
     cfg, run = open_run(config, overrides, quiet)
     from demix.mixtures import parse_mixture

@@ -387,7 +387,7 @@ def run_fidelity(
     from demix.merging import ProxyBuilder
     from demix.merging.builder import run_checkpoints
     from demix.search import read_token_counts
-    from demix.training import base_dir, is_finished
+    from demix.training import is_finished
 
     domains = config.data.domain_names
     token_counts = read_token_counts(run, domains)
