@@ -84,6 +84,8 @@ class RunData:
     audit_error: str | None
     fidelity: dict[str, Any]
     compute: list[dict[str, Any]]
+    pareto_over: int | None = None
+    """Candidates (best-ranked first) the Pareto front was computed over (selection.json)."""
 
     @property
     def domains(self) -> list[str]:
@@ -162,9 +164,11 @@ def load_run(run: RunDir, config: RunConfig | None = None) -> RunData:
     while (run.round_dir(r) / "cv.json").is_file():
         cv_rounds.append(read_json(run.round_dir(r) / "cv.json"))
         r += 1
-    pool = pareto = None
+    pool = pareto = pareto_over = None
     if r:
         last = run.round_dir(r - 1)
+        if (last / "selection.json").is_file():
+            pareto_over = read_json(last / "selection.json").get("pareto_over")
         if (last / "pool.npz").is_file():
             with np.load(last / "pool.npz") as z:
                 pool = {k: z[k] for k in z.files}
@@ -179,7 +183,8 @@ def load_run(run: RunDir, config: RunConfig | None = None) -> RunData:
 
     audit, audit_error = _audit(config, run)
     fidelity, compute = _read_fidelity(run)
-    return RunData(run, config, best, evaluations, cv_rounds, pool, pareto, read_timings(run), audit, audit_error, fidelity, compute)
+    return RunData(run, config, best, evaluations, cv_rounds, pool, pareto, read_timings(run), audit, audit_error,
+                   fidelity, compute, pareto_over)
 
 
 def out_of_fold(data: RunData) -> dict[str, dict[str, Any]]:
@@ -390,8 +395,9 @@ def fig_pareto(data: RunData, path: Path) -> Figure | None:
         ax.scatter(scores[shown, i], scores[shown, j], s=4, color="#BBBBBB", label="candidates (sample)", rasterized=True)
         if data.pareto is not None and len(data.pareto):
             front = data.pareto[rng.choice(len(data.pareto), size=min(1500, len(data.pareto)), replace=False)]
+            over = data.pareto_over or scores.shape[0]
             ax.scatter(front[:, i], front[:, j], s=5, color="#333333", alpha=0.5, rasterized=True,
-                       label=f"Pareto front ({len(data.pareto):,} of {scores.shape[0]:,} candidates)")
+                       label=f"Pareto front ({len(data.pareto):,} among the {over:,} best-ranked)")
         if pool["top_k"].size:
             t = pool["top_k"]
             ax.scatter(scores[t, i], scores[t, j], s=10, color=COLORS["chosen"], alpha=0.6, label=f"top-{t.size}")
@@ -409,8 +415,9 @@ def fig_pareto(data: RunData, path: Path) -> Figure | None:
     path.with_name(f".{path.name}.tmp.png").replace(path)
     plt.close(fig)
     return Figure("pareto", "Pareto front", "Predicted capability pairs over a sample of the candidate pool (higher is "
-                  "better on both axes). Dark points are the Pareto front across all capabilities (no candidate is "
-                  "better on every capability), so a point may look dominated in one pair of axes.", path)
+                  "better on both axes). Dark points are the Pareto front across all capabilities among the best-ranked "
+                  "candidates (no candidate is better on every capability), so a point may look dominated in one pair "
+                  "of axes.", path)
 
 
 def fig_weight_histograms(data: RunData, path: Path) -> Figure | None:
