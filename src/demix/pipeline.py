@@ -333,14 +333,14 @@ def summary_table(best: dict[str, Any]) -> Any:
     table = Table(
         title=f"chosen mixture: mean of the top {k.get('k', '?'):,} of {k.get('pool_size', 0):,} candidates",
         caption=(
-            f"predicted scores are higher-is-better; CV = {best.get('predictor', {}).get('cv_folds', '?')}-fold "
+            f"natural = token-proportional; predicted scores are higher-is-better; CV = {best.get('predictor', {}).get('cv_folds', '?')}-fold "
             f"cross-validation of the {best.get('predictor', {}).get('kind', '?')} predictor on "
             f"{best.get('predictor', {}).get('n', '?')} evaluated proxies"
         ),
     )
-    table.add_column("")
+    table.add_column("", no_wrap=True)
     for n in names:
-        table.add_column(n + (" (token-proportional)" if n == "natural" else ""), justify="right")
+        table.add_column(n, justify="right")
     table.add_column("CV RMSE", justify="right")
     table.add_column("CV Spearman (n)", justify="right")
     for d in best["weights"]:

@@ -230,7 +230,7 @@ def _plt():
 
 def _grid(n: int, max_cols: int = 3, size: tuple[float, float] = (4.6, 3.8)):
     plt = _plt()
-    cols = min(max_cols, max(1, n))
+    cols = 2 if (n == 4 and max_cols == 3) else min(max_cols, max(1, n))  # 2 x 2 beats 3 + 1
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False)
     for ax in axes.flat[n:]:
@@ -328,8 +328,9 @@ def fig_predicted_vs_measured(data: RunData, oof: dict[str, dict[str, Any]], pat
         ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="grey", lw=1, ls="--", label="predicted = measured")
         rho = "undefined" if o["spearman"] is None else f"{o['spearman']:.2f}"
         ax.set_title(f"{c}: Spearman ρ = {rho}, n = {o['n']}")
-        ax.set_xlabel(_cap_axis(data, c, "measured "))
-        ax.set_ylabel(_cap_axis(data, c, "predicted ") + ", out-of-fold")
+        unit = capability_unit(data, c)
+        ax.set_xlabel(f"measured ({unit})")
+        ax.set_ylabel(f"predicted, out-of-fold ({unit})")
     axes[0].legend(loc="upper left", fontsize=9)
     fig.suptitle("Predictor check: out-of-fold predicted vs measured proxy scores (higher is better)", fontsize=12)
     _save(fig, path)
@@ -348,7 +349,7 @@ def fig_pool(data: RunData, path: Path) -> Figure | None:
     feasible = np.isfinite(obj)
     top = pool["top_k"]
     preds = _predicted_caps(data)
-    plt, fig, axes = _grid(len(caps) + 1, max_cols=2 if len(caps) + 1 == 4 else 3)
+    plt, fig, axes = _grid(len(caps) + 1)
     ax = axes[0]
     ax.hist(obj[feasible], bins=60, color="#999999")
     if top.size:
@@ -369,10 +370,10 @@ def fig_pool(data: RunData, path: Path) -> Figure | None:
             if c in p:
                 ax.axvline(p[c], color=COLORS.get(name, "black"), lw=2, ls="-" if name == "chosen" else "--", label=name)
         ax.set_title(f"predicted {c}")
-        ax.set_xlabel(_cap_axis(data, c, "predicted ") + ", higher is better")
+        ax.set_xlabel(_cap_axis(data, c, "predicted "))
         ax.set_ylabel("candidates")
     axes[1].legend(loc="upper left", fontsize=9)
-    fig.suptitle("Candidate pool: distribution of predicted scores (last round)", fontsize=12)
+    fig.suptitle("Candidate pool: distribution of predicted scores, last round (higher is better)", fontsize=13)
     _save(fig, path)
     return Figure("pool_scores", "Candidate pool", "Histograms of the composite objective and of each predicted "
                   "capability over the last round's candidate pool; the top-k candidates (averaged into the chosen "
@@ -458,7 +459,7 @@ def fig_cv(data: RunData, path: Path) -> Figure | None:
     targets: list[tuple[str, str]] = [("capabilities", t) for t in data.cv_rounds[-1].get("capabilities", {})]
     targets += [("benchmarks", t) for t in data.cv_rounds[-1].get("benchmarks", {})]
     n_rounds = len(data.cv_rounds)
-    fig, ax = plt.subplots(figsize=(8.5, 0.55 * len(targets) * max(1, n_rounds) * 0.6 + 1.8))
+    fig, ax = plt.subplots(figsize=(9.5, 0.28 * len(targets) * n_rounds + 2.4))
     height = 0.8 / n_rounds
     y = np.arange(len(targets))
     for r, cv in enumerate(data.cv_rounds):
@@ -477,8 +478,9 @@ def fig_cv(data: RunData, path: Path) -> Figure | None:
     ax.set_xlim(min(0.0, ax.get_xlim()[0]), 1.25)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_xlabel("cross-validated Spearman ρ (out-of-fold predictions vs measured)")
-    ax.set_title(f"Predictor quality per target ({data.config.search.cv_folds}-fold CV)")
-    ax.legend(loc="lower right", fontsize=9)
+    ax.set_title(f"Predictor quality per target ({data.config.search.cv_folds}-fold CV)", pad=30)
+    # Legend between title and bars: inside the bars it hides the rho labels.
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=n_rounds, fontsize=10, frameon=False)
     _save(fig, path)
     return Figure("cv_quality", "Predictor quality", "Cross-validated Spearman rho of each predictor (capabilities and "
                   "single benchmarks), after each round, with the number of evaluated proxies n behind it.", path)
