@@ -302,9 +302,10 @@ def fig_weights(data: RunData, path: Path) -> Figure:
     ax.set_xticks(x, domains)
     ax.set_xlabel("domain")
     ax.set_ylabel("weight (token share)")
-    ax.set_ylim(0, min(1.0, max(max(w.values()) for w in mixtures.values()) * 1.25 + 0.05))
-    ax.set_title("Mixture weights: chosen vs natural vs uniform")
-    ax.legend(loc="upper right")
+    # Headroom above the tallest bar (and its error bar) so the legend, above the axes, hides nothing.
+    ax.set_ylim(0, min(1.05, max(max(w.values()) for w in mixtures.values()) * 1.3 + 0.05))
+    ax.set_title("Mixture weights: chosen vs natural vs uniform", pad=30)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(mixtures), fontsize=9, frameon=False)
     _save(fig, path)
     return Figure("weights", "Chosen mixture", "Weight of each domain in the chosen mixture (mean of the top-k "
                   "candidates; error bars: their standard deviation) beside the natural (token-proportional) and "
