@@ -167,9 +167,14 @@ def main() -> None:
     # equal-weight mean of capability scores.
     from demix.store import Store
 
+    final_keys = {mixture_key(m) for m in finals.values()}
     with Store(config.store.url or run.store_url) as store:
-        pool = store.evaluations_done("reference")
-    caps_all = list(final_scores["chosen"].capabilities)
+        # The other reference-recipe models (the finals are stored as reference rows too).
+        pool = [e for e in store.evaluations_done("reference") if e.mixture_key not in final_keys]
+    from demix.evaluation import resolve_benchmarks, resolve_capabilities
+
+    bench_order = resolve_benchmarks(config)
+    caps_all = [c.name for c in resolve_capabilities(config, bench_order)]
     import numpy as np
 
     from demix.objectives import objective_values
@@ -182,7 +187,7 @@ def main() -> None:
     print()
     print(f"Models trained with the reference recipe ({config.train.reference.tokens:,} tokens) on three mixtures, "
           "held-out bits per byte (lower is better)")
-    bench = list(final_scores["chosen"].benchmarks)
+    bench = [b.name for b in bench_order]
     head = "| mixture | weights | " + " | ".join(bench) + " | mean capability | rank-mean objective |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
@@ -196,11 +201,14 @@ def main() -> None:
     merged = result.reports["merged"].macro["spearman"]
     trained = {k: r.macro["spearman"] for k, r in result.reports.items() if k != "merged"}
     ahead = all(merged.value > v.value for k, v in trained.items() if budgets[k]["flops"] >= demix_flops and v.defined)
-    chosen_ok = mean_obj[0] >= max(mean_obj[1:]) and rank_obj[0] >= max(rank_obj[1:])
+    rank_ok = rank_obj[0] >= max(rank_obj[1:])
+    mean_ok = mean_obj[0] >= max(mean_obj[1:])
     print()
     print(f"targets: merged macro rho >= 0.85: {'MET' if merged.defined and merged.value >= 0.85 else 'NOT MET'} "
           f"({merged.value:.3f}); merged ahead of trained proxies of >= compute: {'MET' if ahead else 'NOT MET'}; "
-          f"chosen no worse than natural and uniform: {'MET' if chosen_ok else 'NOT MET'}")
+          f"chosen no worse than natural and uniform: on the search's objective "
+          f"(rank-mean): {'MET' if rank_ok else 'NOT MET'}, on the mean capability score: "
+          f"{'MET' if mean_ok else 'NOT MET'}")
     print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     write_json(run.fidelity / "benchmark.json", {
         "overrides": overrides,
