@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("-s", "--set", dest="overrides", action="append", default=[], help="extra config override")
     args = ap.parse_args()
 
+    from demix.config import save_config
     from demix.configs import load_preset
     from demix.fidelity.stage import ModelScorer, run_fidelity
     from demix.mixtures import mixture_key
@@ -71,6 +72,7 @@ def main() -> None:
     config = load_preset("demo", overrides)
     run = RunDir(config.run_dir)
     run.root.mkdir(parents=True, exist_ok=True)
+    save_config(config, run.config)  # so `demix report` and `demix fidelity` work on this run directory
     print("preset: demo, overrides:", " ".join(overrides))
     t = config.train
     print(f"model: hidden {config.model.hidden_size}, layers {config.model.num_layers}, seq {config.model.seq_len}; "

@@ -495,18 +495,29 @@ def fig_fidelity(data: RunData, path: Path) -> Figure | None:
         panels = [(kind, rep, name, t) for kind, rep in data.fidelity.items() for name, t in rep.targets.items()]
     if not panels:
         return None
-    plt, fig, axes = _grid(len(panels))
-    for ax, (kind, rep, name, t) in zip(axes, panels):
+    # One row per proxy kind, one column per capability: titles stay short and rows compare at a glance.
+    kinds = list(dict.fromkeys(p[0] for p in panels))
+    names = list(dict.fromkeys(p[2] for p in panels))
+    plt = _plt()
+    fig, grid = plt.subplots(len(kinds), len(names), figsize=(3.9 * len(names), 3.4 * len(kinds) + 0.6), squeeze=False)
+    for ax in grid.flat:
+        ax.set_visible(False)
+    for kind, rep, name, t in panels:
+        ax = grid[kinds.index(kind), names.index(name)]
+        ax.set_visible(True)
         pts = np.array(list(t.scores.values()), dtype=float).reshape(-1, 2)
         ax.scatter(pts[:, 0], pts[:, 1], s=28, color=COLORS["chosen"] if kind == "merged" else COLORS["natural"])
         if len(pts):
             lo, hi = float(np.nanmin(pts)), float(np.nanmax(pts))
             ax.plot([lo, hi], [lo, hi], color="grey", ls="--", lw=1)
-        ax.set_title(f"{name} ({kind} proxies): ρ = {t.spearman.value:.2f}, n = {t.spearman.n}" if t.spearman.defined
-                     else f"{name} ({kind}): ρ undefined, n = {t.spearman.n}")
-        ax.set_xlabel(f"reference model {name} score")
-        ax.set_ylabel(f"{kind} proxy {name} score")
-    fig.suptitle("Fidelity: proxy vs reference-model scores per mixture", fontsize=12)
+        rho = f"ρ = {t.spearman.value:.2f}" if t.spearman.defined else "ρ undefined"
+        ax.set_title(f"{name}: {rho}, n = {t.spearman.n}", fontsize=11)
+        ax.tick_params(labelsize=9)
+        ax.set_xlabel("reference model score", fontsize=10)
+        if names.index(name) == 0:
+            ax.set_ylabel(f"{kind}\nproxy score", fontsize=10)
+    fig.suptitle("Fidelity: proxy vs reference-model scores per mixture (rows: proxy kind; dashed: equal scores)",
+                 fontsize=12)
     _save(fig, path)
     return Figure("fidelity_scatter", "Fidelity", "Scores of proxies against reference models really trained on the "
                   "same mixtures; Spearman rho measures how well the proxies rank mixtures.", path)
