@@ -118,8 +118,11 @@ def test_claims_of_a_killed_local_driver_are_released_at_once(url):
         assert s.count(status="pending") == 0
 
 
-def _claim_all(url: str, keys: list[dict], out) -> None:
+def _claim_all(url: str, keys: list[dict], out, ready) -> None:
     with Store(url) as s:
+        # Start claiming only when every process is connected: spawn start-up takes seconds, and
+        # without the barrier the first process could claim everything before the others exist.
+        ready.wait(120)
         out.put([mixture_key(m) for m in keys if s.claim(m)])
 
 
@@ -128,7 +131,8 @@ def test_racing_processes_claim_each_mixture_once(url):
     Store(url).close()  # schema created once
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_claim_all, args=(url, mixtures if k % 2 else mixtures[::-1], out)) for k in range(3)]
+    ready = ctx.Barrier(3)
+    procs = [ctx.Process(target=_claim_all, args=(url, mixtures if k % 2 else mixtures[::-1], out, ready)) for k in range(3)]
     for p in procs:
         p.start()
     won = [out.get(timeout=120) for _ in procs]
@@ -136,7 +140,8 @@ def test_racing_processes_claim_each_mixture_once(url):
         p.join(60)
     counts = Counter(k for w in won for k in w)
     assert len(counts) == 100 and set(counts.values()) == {1}
-    assert all(len(w) > 0 for w in won[:2]), "the claims did not actually race"
+    # Processes 0 and 2 claim from the front, process 1 from the back: at least two must win some.
+    assert sum(len(w) > 0 for w in won) >= 2, "the claims did not actually race"
 
 
 def test_two_search_drivers_evaluate_each_mixture_once(url, tmp_path):

@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,8 +225,9 @@ class ModelScorer:
         import torch
 
         from demix.evaluation import resolve_device
+        from demix.training.recipe import quiet_transformers
 
-        with _quiet_transformers():
+        with quiet_transformers():
             model = load_checkpoint(result.path, self.config.model.trust_remote_code, torch.float32)
         model.to(resolve_device(self.device)).eval()
         with torch.no_grad():
@@ -279,20 +279,6 @@ class ModelScorer:
         scored = self._save(mixture, MERGED, ev, {"merge_method": self.config.merge.method, "round": None})
         self.on_event(MERGED, key, "evaluated")
         return scored
-
-
-@contextmanager
-def _quiet_transformers():
-    """No tqdm bar from transformers while loading a checkpoint (the stage prints its own progress)."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _recipe_fingerprint(recipe: TrainConfig) -> dict[str, Any]:
@@ -417,7 +403,9 @@ def run_fidelity(
 
         thresholds = AuditThresholds.from_config(config.fidelity)
         audit = audit_components(base, comps, thresholds=thresholds)
-        with _quiet_transformers():
+        from demix.training.recipe import quiet_transformers
+
+        with quiet_transformers():
             builder = ProxyBuilder.from_run(config, run, device or config.evaluation.device)
         notes: list[str] = []
         for m in mixtures:

@@ -256,7 +256,7 @@ def _finish_rename(tmp: Path, out_dir: Path) -> None:
 
 
 @contextmanager
-def _quiet_transformers():
+def quiet_transformers():
     """Silence transformers' own tqdm bars (loading / writing shards) inside a training call."""
     from transformers.utils import logging as hf_logging
 
@@ -270,7 +270,7 @@ def _quiet_transformers():
 
 
 def _train(*args: Any, **kwargs: Any) -> TrainResult:
-    with _quiet_transformers():
+    with quiet_transformers():
         return _train_quietly(*args, **kwargs)
 
 
