@@ -1,6 +1,6 @@
 # Two entry points do all set-up on a fresh machine:
 #   make demo   -> creates .venv, installs demix, runs the embedded DeMix demo
-#   make test   -> creates .venv, installs demix with test extras, runs pytest
+#   make test   -> creates .venv (+ .venv-mergekit for the parity tests), installs demix with test extras, runs pytest
 PYTHON ?= python3
 VENV   ?= .venv
 PIP     = $(VENV)/bin/pip
@@ -18,11 +18,20 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# mergekit in its own venv (its pins may clash with demix's): the merge-parity tests compare
+# demix's merge methods with mergekit's on the same checkpoints.
+MERGEKIT_VENV ?= .venv-mergekit
+$(MERGEKIT_VENV)/.installed:
+	$(PYTHON) -m venv $(MERGEKIT_VENV)
+	$(MERGEKIT_VENV)/bin/pip install -q --upgrade pip
+	$(MERGEKIT_VENV)/bin/pip install -q $(TORCH) mergekit==0.1.5
+	touch $@
+
 demo: venv
 	$(VENV)/bin/demix demo
 
-test: venv
-	$(VENV)/bin/python -m pytest -q -x --timeout=900
+test: venv $(MERGEKIT_VENV)/.installed
+	$(VENV)/bin/python -m pytest -q --timeout=900
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(MERGEKIT_VENV) runs
