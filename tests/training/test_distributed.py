@@ -1,5 +1,6 @@
-"""The HF Trainer recipe under torchrun with 2 CPU processes (gloo): the checkpoint has the same
-format as the single-process one (files, tensor names / dtypes / shapes, demix.json keys)."""
+"""The HF Trainer recipe under torchrun and under `accelerate launch` with 2 CPU processes (gloo):
+the checkpoint has the same format as the single-process one (files, tensor names / dtypes /
+shapes, demix.json keys)."""
 
 from __future__ import annotations
 
@@ -43,15 +44,26 @@ def _layout(model_dir: Path) -> tuple[list[str], dict[str, tuple[str, tuple[int,
     return files, tensors, keys
 
 
+def _launcher(name: str) -> list[str]:
+    exe = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if exe is None:
+        pytest.skip(f"{name} is not on PATH")
+    if name == "torchrun":
+        return [exe, "--standalone", "--nproc_per_node", "2"]
+    # `--cpu` alone would start one process (accelerate spreads CPU processes only through MPI);
+    # `--multi_gpu` uses the torchrun launcher, and on a machine without GPUs the Trainer runs gloo.
+    return [exe, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517"]
+
+
 @pytest.mark.timeout(900)
-def test_torchrun_two_processes_write_the_single_process_checkpoint_format(shared_data, tmp_path):
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun is not on PATH")
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_process_launchers_write_the_single_process_checkpoint_format(launcher, shared_data, tmp_path):
+    launch = _launcher(launcher)
     single = _fresh_root(shared_data, tmp_path / "single")
     _run([sys.executable, str(WORKER)], single)
     multi = _fresh_root(shared_data, tmp_path / "multi")
-    out = _run([torchrun, "--standalone", "--nproc_per_node", "2", str(WORKER)], multi)
+    out = _run([*launch, str(WORKER)], multi)
     assert "rank 0 world 2" in out and "rank 1 world 2" in out
 
     a, b = _layout(single / "models" / "base"), _layout(multi / "models" / "base")
