@@ -575,17 +575,23 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None, s
         ) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Load a YAML config file and apply dotted overrides."""
+def read_yaml_mapping(path: str | Path, what: str, missing_fix: str) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping; ``what`` names it in errors ("config file", ...)."""
     path = Path(path)
     if not path.is_file():
-        raise DemixError(f"config file '{path}' does not exist", "pass the path of a YAML config (`demix init` writes one)")
+        raise DemixError(f"{what} '{path}' does not exist", missing_fix)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise DemixError(f"config file '{path}' is not valid YAML: {exc}", "fix the YAML syntax") from None
+        raise DemixError(f"{what} '{path}' is not valid YAML: {exc}", "fix the YAML syntax") from None
     if not isinstance(data, dict):
-        raise DemixError(f"config file '{path}' must hold a mapping at the top level")
+        raise DemixError(f"{what} '{path}' must hold a mapping at the top level")
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML config file and apply dotted overrides."""
+    data = read_yaml_mapping(path, "config file", "pass the path of a YAML config (`demix init` writes one)")
     return config_from_dict(data, overrides, source=str(path))
 
 

@@ -131,15 +131,10 @@ def _resolve(model: Any, config_path: Path) -> Path:
 
 def read_mergekit_config(path: str | Path) -> MergeSpec:
     """Read a mergekit YAML config into a :class:`MergeSpec` (DemixError for what demix cannot do)."""
+    from demix.config import read_yaml_mapping
+
     path = Path(path)
-    if not path.is_file():
-        raise DemixError(f"mergekit config '{path}' does not exist", "pass the path of a mergekit YAML file")
-    try:
-        cfg = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise DemixError(f"mergekit config '{path}' is not valid YAML: {exc}", "fix the YAML syntax") from None
-    if not isinstance(cfg, dict):
-        raise DemixError(f"mergekit config '{path}' must hold a mapping")
+    cfg = read_yaml_mapping(path, "mergekit config", "pass the path of a mergekit YAML file")
     for key in ("slices", "modules"):
         if cfg.get(key):
             raise DemixError(f"mergekit config '{path}' uses '{key}'", "demix merges whole models: list them under 'models'")
