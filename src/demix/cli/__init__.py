@@ -32,7 +32,7 @@ def _root() -> None:
 
 
 # Modules that add verbs to `app`. A module missing here simply adds no verb.
-_VERB_MODULES = ["init", "prepare", "train", "merge", "eval", "search", "export", "run", "report", "fidelity"]
+_VERB_MODULES = ["run", "init", "prepare", "train", "search", "report", "export", "merge", "eval", "fidelity"]
 
 
 def _register() -> None:

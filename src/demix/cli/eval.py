@@ -46,7 +46,7 @@ def _print_result(result: Any) -> None:
     console.quiet = quiet
 
 
-@app.command("eval")
+@app.command("eval", rich_help_panel="3. Checks and tools")
 def eval_command(
     config: ConfigArg,
     checkpoint: Annotated[

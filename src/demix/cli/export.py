@@ -12,7 +12,7 @@ from demix.cli import app
 from demix.cli._common import console
 
 
-@app.command("export")
+@app.command("export", rich_help_panel="2. Stages, in pipeline order")
 def export_cmd(
     run_dir: Annotated[Path, typer.Argument(help="Run directory (or a best_mixture.json file).")],
     to: Annotated[

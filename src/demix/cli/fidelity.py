@@ -20,7 +20,7 @@ def _cell(st) -> str:
     return f"{st.value:+.2f} [dim][{st.ci_low:+.2f}, {st.ci_high:+.2f}][/]"
 
 
-@app.command("fidelity")
+@app.command("fidelity", rich_help_panel="3. Checks and tools")
 def fidelity_cmd(
     config: ConfigArg,
     overrides: OverridesOpt = None,

@@ -13,7 +13,7 @@ from demix.configs import commented_example
 from demix.errors import DemixError
 
 
-@app.command("init")
+@app.command("init", rich_help_panel="2. Stages, in pipeline order")
 def init(
     path: Annotated[Path, typer.Argument(help="Where to write the config.")] = Path("demix.yaml"),
     force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,

@@ -58,7 +58,7 @@ def _list_methods() -> None:
     console.quiet = quiet
 
 
-@app.command("merge")
+@app.command("merge", rich_help_panel="3. Checks and tools")
 def merge_command(
     config: Annotated[
         Path | None, typer.Argument(help="Run config (YAML): the base and components come from its run directory.")

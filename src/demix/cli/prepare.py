@@ -10,7 +10,7 @@ from demix.cli import app
 from demix.cli._common import ConfigArg, OverridesOpt, QuietOpt, console, open_run, stage_header
 
 
-@app.command("prepare")
+@app.command("prepare", rich_help_panel="2. Stages, in pipeline order")
 def prepare_cmd(
     config: ConfigArg,
     overrides: OverridesOpt = None,

@@ -11,7 +11,7 @@ from demix.cli import app
 from demix.cli._common import QuietOpt, console, setup_logging
 
 
-@app.command("report")
+@app.command("report", rich_help_panel="2. Stages, in pipeline order")
 def report_cmd(
     run_dir: Annotated[Path, typer.Argument(help="The run directory (output_dir of the config), e.g. runs/demo.")],
     quiet: QuietOpt = False,

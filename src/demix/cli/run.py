@@ -34,7 +34,7 @@ def _run_and_summarise(cfg: RunConfig, run: RunDir, quiet: bool, device: str, co
     )
 
 
-@app.command("run")
+@app.command("run", rich_help_panel="1. The whole run")
 def run_cmd(config: ConfigArg, overrides: OverridesOpt = None, device: DeviceOpt = "auto", quiet: QuietOpt = False) -> None:
     """Run the whole DeMix search on CONFIG: prepare -> train base -> train components -> search -> report.
 
@@ -46,7 +46,7 @@ def run_cmd(config: ConfigArg, overrides: OverridesOpt = None, device: DeviceOpt
     _run_and_summarise(cfg, run, quiet, device, f"demix run {config}")
 
 
-@app.command("demo")
+@app.command("demo", rich_help_panel="1. The whole run")
 def demo_cmd(
     preset: Annotated[
         str, typer.Option(help="demo: tiny models, about 5-10 minutes on 2 CPU cores; full: more tokens and proxies, about an hour.")

@@ -10,7 +10,7 @@ from demix.cli import app
 from demix.cli._common import ConfigArg, OverridesOpt, QuietOpt, console, open_run, stage_header
 
 
-@app.command("search")
+@app.command("search", rich_help_panel="2. Stages, in pipeline order")
 def search_cmd(
     config: ConfigArg,
     overrides: OverridesOpt = None,

@@ -18,7 +18,13 @@ train_app = typer.Typer(
     ),
     no_args_is_help=True,
 )
-app.add_typer(train_app, name="train")
+app.add_typer(
+    train_app,
+    name="train",
+    rich_help_panel="2. Stages, in pipeline order",
+    # The group's own --help keeps the long text; the verb list gets one line (after prepare).
+    short_help="(after prepare) Train the base, then one component per domain; also reference models.",
+)
 
 MixtureOpt = Annotated[
     str,
