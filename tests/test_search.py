@@ -170,3 +170,27 @@ def test_search_cli_needs_prepared_data(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "demix", "search", str(cfg), "-q"], capture_output=True, text=True)
     assert proc.returncode == 1
     assert "run `demix prepare` first" in proc.stderr
+
+
+def test_evaluations_of_retrained_components_are_refused(tmp_path):
+    """A resumed search must not reuse proxies merged from components that changed since."""
+    run = RunDir(tmp_path / "run")
+    config = make_config(run.root, rounds=[6])
+    for d in [run.base] + [run.component(x) for x in DOMAINS]:
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(b"weights")
+    scorer = CountingScorer()
+    run_search(config, run, scorer, TOKENS, progress=False)
+    with Store(run.store_url) as store:
+        stored = {e.provenance["components"] for e in store.evaluations_done()}
+    assert len(stored) == 1 and None not in stored
+
+    # Same components: the resumed search reuses everything.
+    run_search(config, run, scorer, TOKENS, progress=False)
+    assert len(scorer.calls) == 6
+
+    # A retrained component (new weights file): the stored proxies are stale.
+    (run.component(DOMAINS[1]) / "model.safetensors").write_bytes(b"retrained weights")
+    with pytest.raises(DemixError, match="merged evaluation\\(s\\) of other components"):
+        run_search(config, run, scorer, TOKENS, progress=False)
+    assert len(scorer.calls) == 6

@@ -499,6 +499,37 @@ def best_mixture_document(
     return doc
 
 
+def component_fingerprint(config: RunConfig, run: RunDir) -> str | None:
+    """Identity of the weights merged proxies are built from: size and modification time of the
+    base's and every component's safetensors files (cheap: no weights are read). None when the
+    run has no checkpoints (a search on a synthetic scorer).
+
+    Stored with every merged evaluation, it lets a resumed search refuse evaluations made with
+    components that have since been retrained.
+    """
+    import hashlib
+
+    dirs = [Path(config.model.base_path) if config.model.base_path else run.base]
+    dirs += [Path(config.train.components.paths.get(d, run.component(d))) for d in config.data.domain_names]
+    parts = []
+    for i, d in enumerate(dirs):
+        for f in sorted(d.glob("*.safetensors")) if d.is_dir() else []:
+            st = f.stat()
+            parts.append(f"{i}/{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16] if parts else None
+
+
+def _check_components_unchanged(evaluations: Sequence[Evaluation], fingerprint: str | None, store_name: str) -> None:
+    stale = [e for e in evaluations if e.provenance.get("components") not in (None, fingerprint)]
+    if fingerprint is not None and stale:
+        raise DemixError(
+            f"the store {store_name} holds {len(stale)} merged evaluation(s) of other components: the base or "
+            "components were retrained or replaced since they were evaluated",
+            "search with the new components in a new output_dir, or delete the store and the search/ directory "
+            "of this run to evaluate again",
+        )
+
+
 def run_search(
     config: RunConfig,
     run: RunDir,
@@ -538,6 +569,10 @@ def run_search(
     from demix.executors import LocalExecutor, evaluate_planned
 
     executor = executor if executor is not None else LocalExecutor(scorer)
+    fingerprint = component_fingerprint(config, run)
+    # Never print a server URL: it may hold a password.
+    store_name = "of store.url" if config.store.url else str(run.root / "store.sqlite")
+    _check_components_unchanged(store.evaluations_done(proxy_kind), fingerprint, store_name)
     released = store.release_pending(proxy_kind)
     if released:
         log.info("released %d unfinished evaluation(s) of a killed search", released)
@@ -563,6 +598,7 @@ def run_search(
                     "seed": s.seed,
                     "merge_method": config.merge.method,
                     "source": "demix search",
+                    "components": fingerprint,
                     "higher_is_better": hib or {b.name: b.higher_is_better for b in config.evaluation.benchmarks if b.name in bench},
                 }
                 stored = store.complete(m, bench, caps, proxy_kind, provenance)
