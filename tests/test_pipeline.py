@@ -164,6 +164,31 @@ def test_run_killed_between_and_inside_stages_resumes_to_a_complete_run(tmp_path
         assert f"| {d} |" in md
 
 
+def test_search_of_retrained_components_is_not_complete(tmp_path):
+    """best_mixture.json records the checkpoints it was searched on; a retrained base or
+    component sends `demix run` back to the search, which refuses the stale store."""
+    import numpy as np
+
+    from demix.errors import DemixError
+    from demix.pipeline import search_is_complete
+    from demix.search import run_search
+    from tests.search_fixtures import TOKENS, make_config, synthetic_result
+
+    config = make_config(tmp_path / "run", rounds=(6,), pool_size=500, top_k=20)
+    run = RunDir(config.run_dir)
+    run.base.mkdir(parents=True)
+    (run.base / "model.safetensors").write_bytes(b"weights")
+    rng = np.random.default_rng(0)
+    run_search(config, run, lambda m: synthetic_result(m, 0.01, rng), TOKENS, progress=False)
+    assert read_json(run.best_mixture)["components"]
+    assert search_is_complete(config, run)
+    (run.base / "model.safetensors").write_bytes(b"retrained weights")
+    assert not search_is_complete(config, run)
+    with pytest.raises(DemixError) as exc:
+        run_search(config, run, lambda m: synthetic_result(m, 0.01, rng), TOKENS, progress=False)
+    assert "other components" in exc.value.what
+
+
 def test_search_is_complete_only_for_the_same_search_plan(tmp_path):
     """A finished search is reused only when best_mixture.json came from this config's plan."""
     import numpy as np

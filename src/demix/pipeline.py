@@ -118,9 +118,12 @@ def components_to_train(config: RunConfig) -> list[str]:
 
 def search_is_complete(config: RunConfig, run: RunDir) -> bool:
     """True when ``best_mixture.json`` exists and was produced by this config's search plan
-    (same domains, rounds, pool size, top-k and objective)."""
+    (same domains, rounds, pool size, top-k and objective) on the current base and components
+    (same checkpoint fingerprint; files written before the fingerprint was recorded pass)."""
     if not run.best_mixture.is_file():
         return False
+    from demix.search import component_fingerprint
+
     try:
         best = read_json(run.best_mixture)
         s = config.search
@@ -132,6 +135,7 @@ def search_is_complete(config: RunConfig, run: RunDir) -> bool:
             and best["objective"]["kind"] == s.objective
             and best["objective"]["constraints"] == list(s.constraints)
             and best["objective"]["capability_weights"] == dict(s.capability_weights)
+            and best.get("components") in (None, component_fingerprint(config, run))
         )
     except (OSError, ValueError, KeyError, TypeError):
         return False

@@ -625,6 +625,8 @@ def run_search(
             reporter.ranked(r, previous, fit.n)
         assert previous is not None and fit is not None
         best = best_mixture_document(config, previous, fit, token_counts, documents, rounds)
+        # So `demix run` can tell a search of retrained components from a finished one.
+        best["components"] = fingerprint
         write_json(run.best_mixture, best)
     finally:
         reporter.close()

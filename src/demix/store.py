@@ -379,6 +379,29 @@ class Store:
             return False
         return self.complete(mixture, benchmarks, capabilities, proxy_kind)
 
+    def replace(
+        self,
+        mixture: Mapping[str, float],
+        benchmarks: Mapping[str, float],
+        capabilities: Mapping[str, float],
+        proxy_kind: str = "merged",
+        provenance: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Overwrite the scores (and provenance) of a finished evaluation, e.g. after the
+        configured benchmarks changed and the same model was evaluated again. False when the
+        mixture has no finished row of that kind (nothing written)."""
+        values: dict[str, Any] = {
+            "benchmarks": _dumps(_scores(benchmarks, "benchmark"), "benchmarks"),
+            "capabilities": _dumps(_scores(capabilities, "capability"), "capabilities"),
+            "completed_at": _now(),
+        }
+        if provenance is not None:
+            values["provenance"] = _dumps(dict(provenance), "provenance")
+        t = self.evaluations
+        where = (t.c.mixture_key == mixture_key(mixture)) & (t.c.proxy_kind == proxy_kind) & (t.c.status == "done")
+        with self.engine.begin() as conn:
+            return conn.execute(t.update().where(where).values(**values)).rowcount == 1
+
     def renew(self) -> int:
         """Extend the lease of every pending row this driver holds (call between evaluations)."""
         t = self.evaluations

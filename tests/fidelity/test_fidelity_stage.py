@@ -179,6 +179,58 @@ def test_changed_reference_recipe_is_refused(first):
     assert "recipe" in exc.value.what and "output_dir" in exc.value.fix
 
 
+def _copy_run(config, run, tmp_path, **overrides):
+    """A copy of the run directory (links kept) and its config, so a test can change it freely."""
+    import shutil
+
+    from demix.config import config_from_dict
+    from demix.rundir import RunDir
+
+    root = tmp_path / "copy"
+    shutil.copytree(run.root, root, symlinks=True)
+    data = config.model_dump(mode="json")
+    data["output_dir"] = str(root)
+    return config_from_dict(data, [f"{k}={v}" for k, v in overrides.items()]), RunDir(root)
+
+
+def test_new_benchmarks_reevaluate_stored_models_without_training(first, tmp_path):
+    """Adding a benchmark re-scores every stored model in place: nothing retrained, no duplicate rows."""
+    config, run, _, _ = first
+    bench = ("[{name: 'heldout:general', domain: general}, {name: 'heldout:math', domain: math}, "
+             "{name: 'heldout:code', domain: code}, {name: nats_code, domain: code, metric: loss_per_token}]")
+    changed, copy = _copy_run(config, run, tmp_path, **{"evaluation.benchmarks": bench})
+    before = _rows(copy)
+    mtimes = {p: p.stat().st_mtime_ns for p in copy.models.rglob("model.safetensors")}
+    events: list[tuple[str, str, str]] = []
+    result = run_fidelity(changed, copy, progress=False, on_event=lambda *e: events.append(e))
+    assert result.trained_now == 0 and result.evaluated_now == len(before) == 16
+    assert {p: p.stat().st_mtime_ns for p in copy.models.rglob("model.safetensors")} == mtimes
+    after = _rows(copy)
+    assert set(after) == set(before)  # replaced, not duplicated
+    for (key, kind), (_, benchmarks) in after.items():
+        assert benchmarks["nats_code"] > 0, (key, kind)
+        # The held-out bpb benchmarks of the same model are unchanged by the re-evaluation.
+        assert math.isclose(benchmarks["heldout:math"], before[(key, kind)][1]["heldout:math"], rel_tol=1e-6)
+    assert "benchmark:nats_code" in result.reports["merged"].targets
+    # A third run finds every row current.
+    again = run_fidelity(changed, copy, progress=False)
+    assert again.evaluated_now == 0 and again.trained_now == 0
+
+
+def test_merged_rows_of_other_components_are_refused(first, tmp_path):
+    """Merged rows record the components they were built from; retrained components make them stale."""
+    config, run, _, _ = first
+    changed, copy = _copy_run(config, run, tmp_path)
+    with Store(copy.store_url) as store:
+        made_here = [e for e in store.evaluations_done("merged") if e.provenance.get("source") == "demix fidelity"]
+    assert made_here and all(e.provenance["components"] for e in made_here)
+    weights = copy.component("math") / "model.safetensors"
+    weights.write_bytes(weights.read_bytes())  # same weights, new file: what a retraining leaves behind
+    with pytest.raises(DemixError) as exc:
+        run_fidelity(changed, copy, progress=False)
+    assert "other components" in exc.value.what and "output_dir" in exc.value.fix
+
+
 def test_reference_mixtures_are_seeded_and_validated(module_runs):
     make, config, _ = module_runs
     counts = {"general": 1000, "math": 500, "code": 500}

@@ -163,6 +163,9 @@ class ModelScorer:
         self._own_store = store is None
         self.store = store if store is not None else Store(config.store.url or run.store_url)
         self._evaluator: Any = None
+        self._expected: tuple[set[str], set[str]] | None = None
+        self._components: str | None = None
+        self._stale: Any = None
         self.evaluations = 0
         """Evaluations run by this scorer (not read from the store)."""
         self.trainings = 0
@@ -184,7 +187,32 @@ class ModelScorer:
         self.evaluations += 1
         return self.evaluator.evaluate(model)
 
+    @property
+    def expected_names(self) -> tuple[set[str], set[str]]:
+        """Benchmark and capability names the config asks for (a stored row with other names
+        was scored on another benchmark set and is evaluated again)."""
+        if self._expected is None:
+            from demix.evaluation import resolve_benchmarks, resolve_capabilities
+
+            benchmarks = resolve_benchmarks(self.config)
+            caps = resolve_capabilities(self.config, benchmarks)
+            self._expected = ({b.name for b in benchmarks}, {c.name for c in caps})
+        return self._expected
+
+    @property
+    def components(self) -> str | None:
+        """Fingerprint of the base and component checkpoints merged proxies are built from."""
+        if self._components is None:
+            from demix.search import component_fingerprint
+
+            self._components = component_fingerprint(self.config, self.run) or ""
+        return self._components or None
+
     def _stored(self, mixture: Mapping[str, float], kind: str, recipe: dict[str, Any] | None = None) -> Scored | None:
+        """The stored scores of ``mixture`` for ``kind``; None when there is no row, or when the
+        row was scored on other benchmarks than the config's (then ``self._stale`` holds it and
+        the caller evaluates the same model again and replaces the row)."""
+        self._stale = None
         row = self.store.get(mixture, kind)
         if row is None:
             return None
@@ -195,12 +223,29 @@ class ModelScorer:
                 f"the config now says {recipe}",
                 "restore the recipe in the config, or use a new output_dir for the new recipe",
             )
+        if kind == MERGED and row.provenance.get("components") not in (None, self.components):
+            raise DemixError(
+                f"the stored merged proxy of mixture {row.mixture_key} was built from other components: the base "
+                "or components were retrained or replaced since it was evaluated",
+                "run the fidelity stage for the new components in a new output_dir, or delete this run's store "
+                "to evaluate every proxy again",
+            )
+        benchmarks, capabilities = self.expected_names
+        if set(row.benchmarks) != benchmarks or set(row.capabilities) != capabilities:
+            log.info("%s %s was scored on other benchmarks (%s); evaluating it again",
+                     kind, row.mixture_key, ", ".join(sorted(row.benchmarks)))
+            self._stale = row
+            return None
         hib = row.provenance.get("higher_is_better") or {}
         return Scored(dict(row.benchmarks), dict(row.capabilities), {k: bool(v) for k, v in hib.items()}, reused=True)
 
     def _save(self, mixture: Mapping[str, float], kind: str, result: Any, provenance: dict[str, Any]) -> Scored:
         provenance = {**provenance, "higher_is_better": dict(result.higher_is_better), "source": "demix fidelity"}
-        if not self.store.add(mixture, result.benchmarks, result.capabilities, kind, None, provenance):
+        if self._stale is not None:
+            # Same model, new benchmark set: the row is updated, never duplicated.
+            self.store.replace(mixture, result.benchmarks, result.capabilities, kind, {**self._stale.provenance, **provenance})
+            self._stale = None
+        elif not self.store.add(mixture, result.benchmarks, result.capabilities, kind, None, provenance):
             # Another driver holds or finished this row meanwhile; our scores are still valid here.
             log.warning("mixture %s (%s) was stored by another process; using this evaluation unsaved", mixture_key(mixture), kind)
         return Scored(dict(result.benchmarks), dict(result.capabilities), dict(result.higher_is_better), reused=False)
@@ -276,7 +321,9 @@ class ModelScorer:
 
         with torch.no_grad():
             ev = self._evaluate(builder.model)
-        scored = self._save(mixture, MERGED, ev, {"merge_method": self.config.merge.method, "round": None})
+        scored = self._save(
+            mixture, MERGED, ev, {"merge_method": self.config.merge.method, "round": None, "components": self.components}
+        )
         self.on_event(MERGED, key, "evaluated")
         return scored
 
