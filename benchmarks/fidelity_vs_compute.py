@@ -150,6 +150,11 @@ def main() -> None:
         print(f"| {kind} | {b['train_tokens']:,} | {b['flops']:.3g} | {b['flops'] / demix_flops:.2f}x | "
               f"{fmt_stat(m['spearman'])} | {fmt_stat(m['kendall'])} | {fmt_stat(m['top_spearman'])} | "
               f"{fmt_stat(m['crr'])} | " + " | ".join(fmt_stat(rep.targets[c].spearman) for c in caps) + " |")
+    for kind, rep in result.baselines.items():
+        m = rep.macro
+        print(f"| {kind.replace('_', ' ')} (no model) | 0 | 0 | 0.00x | {fmt_stat(m['spearman'])} | "
+              f"{fmt_stat(m['kendall'])} | {fmt_stat(m['top_spearman'])} | - | "
+              + " | ".join(fmt_stat(rep.targets[c].spearman) if c in rep.targets else "-" for c in caps) + " |")
     print(f"(n = {len(result.mixtures)} mixtures; top-25% rho rests on "
           f"{next(iter(result.reports.values())).macro['top_spearman'].n} points; CRR on 2**-bits-per-byte)")
 

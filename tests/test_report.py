@@ -94,9 +94,12 @@ def test_fidelity_results_add_their_figures(searched, tmp_path):
     reference = {f"m{i}": {c: float(rng.normal()) for c in ("general", "math", "code")} for i in range(8)}
     merged = {k: {c: v + float(rng.normal(0, 0.3)) for c, v in s.items()} for k, s in reference.items()}
     rep = compare(reference, merged, proxy_kind="merged", bootstrap=50)
+    weights = {k: {c: float(rng.uniform()) for c in ("general", "math", "code")} for k in reference}
+    own = compare(reference, weights, proxy_kind="own_weight", bootstrap=50)
     write_json(run.fidelity / "fidelity.json", {
         "version": 1,
         "reports": {"merged": rep.to_dict()},
+        "baselines": {"own_weight": own.to_dict()},
         "summary": [{"proxy_kind": "merged", "flops": 3.0e12, "spearman": rep.macro["spearman"].to_dict()}],
     })
     files = write_report(run)
@@ -105,6 +108,8 @@ def test_fidelity_results_add_their_figures(searched, tmp_path):
     _png_ok(run.report / "figures" / "fidelity_scatter.png")
     md = files.markdown.read_text()
     assert "## Fidelity" in md and f"(n={rep.targets['general'].spearman.n})" in md
+    # The no-model baseline: its rows in the table and its line in the rho-vs-compute figure's legend.
+    assert f"| own weight (no model) | macro spearman | {own.macro['spearman']} |" in md.replace("\\|", "|")
 
 
 def test_report_bad_input(tmp_path, searched, capsys):

@@ -85,6 +85,8 @@ class RunData:
     fidelity: dict[str, Any]
     compute: list[dict[str, Any]]
     pareto_over: int | None = None
+    fidelity_baselines: dict[str, Any] = field(default_factory=dict)
+    """No-model baselines of the fidelity stage (``own_weight``), by name."""
     """Candidates (best-ranked first) the Pareto front was computed over (selection.json)."""
 
     @property
@@ -96,22 +98,24 @@ class RunData:
         return list(self.best["predicted"]["capabilities"])
 
 
-def _read_fidelity(run: RunDir) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The fidelity stage's reports by proxy kind and its summary rows (proxy kind, FLOPs, macro
-    statistics), from ``fidelity/fidelity.json``; empty when the stage has not run."""
+def _read_fidelity(run: RunDir) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """The fidelity stage's reports by proxy kind, its summary rows (proxy kind, FLOPs, macro
+    statistics) and its no-model baselines, from ``fidelity/fidelity.json``; empty when the
+    stage has not run."""
     from demix.fidelity import FidelityReport
 
     path = run.fidelity / "fidelity.json"
     if not path.is_file():
-        return {}, []
+        return {}, [], {}
     try:
         data = read_json(path)
         reports = {k: FidelityReport.from_dict(v) for k, v in data.get("reports", {}).items()}
+        baselines = {k: FidelityReport.from_dict(v) for k, v in data.get("baselines", {}).items()}
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         log.warning("report: cannot read %s (%s); fidelity left out", path, exc)
-        return {}, []
+        return {}, [], {}
     summary = [r for r in data.get("summary", []) if isinstance(r, dict) and "flops" in r]
-    return reports, summary
+    return reports, summary, baselines
 
 
 def _audit(config: RunConfig, run: RunDir) -> tuple[dict[str, Any] | None, str | None]:
@@ -182,9 +186,9 @@ def load_run(run: RunDir, config: RunConfig | None = None) -> RunData:
     from demix.pipeline import read_timings
 
     audit, audit_error = _audit(config, run)
-    fidelity, compute = _read_fidelity(run)
+    fidelity, compute, baselines = _read_fidelity(run)
     return RunData(run, config, best, evaluations, cv_rounds, pool, pareto, read_timings(run), audit, audit_error,
-                   fidelity, compute, pareto_over)
+                   fidelity, compute, pareto_over, baselines)
 
 
 def out_of_fold(data: RunData) -> dict[str, dict[str, Any]]:
@@ -537,6 +541,11 @@ def fig_fidelity_compute(data: RunData, path: Path) -> Figure | None:
     for i, (label, flops, rho, n) in enumerate(points):
         ax.scatter([flops], [rho], s=80, color=ROUND_COLORS[i % len(ROUND_COLORS)], label=f"{label} (n={n})")
     ax.set_xscale("log")
+    own = data.fidelity_baselines.get("own_weight")
+    if own is not None and own.macro["spearman"].defined:
+        # Free: what ranking by each domain's own weight already achieves on these benchmarks.
+        ax.axhline(own.macro["spearman"].value, color="grey", linestyle="--",
+                   label=f"own weight, no model (n={own.macro['spearman'].n})")
     ax.set_xlabel("compute (FLOPs, log scale)")
     ax.set_ylabel("macro Spearman ρ vs reference models")
     ax.set_title("Fidelity vs compute")
@@ -677,7 +686,16 @@ def _sections(data: RunData, figures: dict[str, Figure]) -> list[tuple[str, str,
                 rows.append([kind, name, str(t.spearman), str(t.top_spearman), str(t.crr)])
             for stat, st in rep.macro.items():
                 rows.append([kind, f"macro {stat}", str(st), "", ""])
-        out.append(("Fidelity", "Proxies against reference models trained on the same mixtures (n = mixtures).",
+        for kind, rep in data.fidelity_baselines.items():
+            label = f"{kind.replace('_', ' ')} (no model)"
+            for name, t in rep.targets.items():
+                rows.append([label, name, str(t.spearman), str(t.top_spearman), "-"])
+            rows.append([label, "macro spearman", str(rep.macro["spearman"]), "", ""])
+        text = "Proxies against reference models trained on the same mixtures (n = mixtures)."
+        if data.fidelity_baselines:
+            text += (" 'own weight (no model)' ranks each domain's held-out score by that domain's share of the "
+                     "mixture, at no cost: a proxy tells more than the weights only where it beats that row.")
+        out.append(("Fidelity", text,
                     [(["proxy", "target", "Spearman", "top-25% Spearman", "CRR"], rows),
                      figures.get("fidelity_scatter"), figures.get("fidelity_compute")]))
     t_head, t_rows = timing_rows(data)

@@ -157,6 +157,27 @@ def test_audit_and_proxy_gaps_are_written(first):
         assert set(g["score_gaps"]) == {"general", "math", "code"}
 
 
+def test_own_weight_baseline_ranks_by_each_domains_share(first):
+    """The no-model baseline: Spearman of the reference scores against the domain's own weight."""
+    from scipy.stats import spearmanr
+
+    from demix.fidelity.stage import load_baselines
+
+    _, run, result, _ = first
+    own = result.baselines["own_weight"]
+    assert sorted(t.name for t in own.targets.values()) == ["code", "general", "math"]
+    weights = {m.key: m.weights for m in result.mixtures}
+    merged = result.reports["merged"]
+    for name, t in own.targets.items():
+        keys = sorted(t.scores)
+        ref = [merged.targets[name].scores[k][0] for k in keys]  # the same reference scores
+        assert [t.scores[k][0] for k in keys] == ref
+        assert [t.scores[k][1] for k in keys] == [weights[k][name] for k in keys]
+        assert math.isclose(t.spearman.value, spearmanr(ref, [weights[k][name] for k in keys]).statistic, abs_tol=1e-12)
+        assert not t.crr.defined  # weights and scores are on different scales
+    assert load_baselines(run.fidelity)["own_weight"].to_dict() == own.to_dict()
+
+
 def test_second_run_reuses_stored_models_and_scores(first):
     config, run, result, _ = first
     before = _rows(run)
@@ -270,7 +291,8 @@ def test_cli_prints_the_table_and_exits_nonzero_on_errors(first, tmp_path, capsy
     cfg.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     main(["fidelity", str(cfg)])
     out = capsys.readouterr().out
-    for text in ("merged", "trained@256", "macro", "rho", "CRR", "FLOPs", "reused"):
+    for text in ("merged", "trained@256", "macro", "rho", "CRR", "FLOPs", "reused", "own weight",
+                 "no-model baseline"):
         assert text in out, text
 
     with pytest.raises(SystemExit) as exc:

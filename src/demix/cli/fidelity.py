@@ -67,11 +67,13 @@ def fidelity_cmd(
         f"{cfg.fidelity.bootstrap} resamples)",
         caption="rho: Spearman; tau: Kendall tau-b; top rho: Spearman on the best "
         f"{cfg.fidelity.top_fraction:.0%} by reference score (n = {first.macro['top_spearman'].n}); "
-        "CRR: sum(proxy) / sum(reference) on 2**-bits-per-byte scores. '-': undefined (see fidelity.json for why).",
+        "CRR: sum(proxy) / sum(reference) on 2**-bits-per-byte scores. '-': undefined (see fidelity.json for why). "
+        "own weight: no model, each domain's held-out score ranked by that domain's share of the mixture.",
     )
     for col in ("proxies", "target", "n", "rho", "tau", "top rho", "CRR"):
         table.add_column(col, justify="left" if col in ("proxies", "target") else "right")
-    for kind, rep in result.reports.items():
+    shown = {**result.reports, **{k.replace("_", " "): b for k, b in result.baselines.items()}}
+    for kind, rep in shown.items():
         rows = [(name, t.spearman, t.kendall, t.top_spearman, t.crr) for name, t in rep.targets.items() if t.capability]
         m = rep.macro
         rows.append(("[bold]macro[/]", m["spearman"], m["kendall"], m["top_spearman"], m["crr"]))
@@ -79,6 +81,13 @@ def fidelity_cmd(
             table.add_row(kind if i == 0 else "", name, str(rho.n), _cell(rho), _cell(tau), _cell(top), _cell(crr))
         table.add_section()
     console.print(table)
+    own = result.baselines.get("own_weight")
+    if own is not None and own.macro["spearman"].defined and "merged" in result.reports:
+        base_rho, merged_rho = own.macro["spearman"].value, result.reports["merged"].macro["spearman"].value
+        verdict = ("these benchmarks barely tell proxies apart: compare proxies on benchmarks the weights do not "
+                   "predict (e.g. lm-eval tasks)" if base_rho >= merged_rho - 0.05 else "the proxies add information")
+        console.print(f"no-model baseline: ranking each domain's held-out score by that domain's weight gives macro rho "
+                      f"{base_rho:.2f} (merged proxies {merged_rho:.2f}); {verdict}")
 
     comp = Table(title=f"compute of one search of {result.compute['search_proxies']} proxies (6 N D to train, 2 N D to evaluate)")
     for col in ("approach", "train tokens", "eval tokens", "FLOPs", "vs DeMix", "macro rho"):

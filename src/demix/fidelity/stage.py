@@ -46,6 +46,8 @@ FORMAT_VERSION = 1
 
 REFERENCE = "reference"
 MERGED = "merged"
+OWN_WEIGHT = "own_weight"
+"""Label of the no-model baseline (:func:`own_weight_baseline`)."""
 
 
 def trained_kind(tokens: int) -> str:
@@ -399,6 +401,8 @@ class FidelityResult:
     evaluated_now: int = 0
     directory: Path | None = None
     notes: list[str] = field(default_factory=list)
+    baselines: dict[str, FidelityReport] = field(default_factory=dict)
+    """No-model baselines (``own_weight``: see :func:`own_weight_baseline`), absent when they do not apply."""
 
 
 def run_fidelity(
@@ -486,6 +490,10 @@ def run_fidelity(
             confidence=f.confidence, top_fraction=f.top_fraction,
         )
 
+    baselines = {}
+    own = own_weight_baseline(config, {m.key: m.weights for m in mixtures}, ref_scores, targets)
+    if own is not None:
+        baselines[OWN_WEIGHT] = own
     compute = compute_accounting(config, run, base, comps, len(mixtures), budgets)
     summary = _summary(reports, compute)
     result = FidelityResult(
@@ -503,9 +511,50 @@ def run_fidelity(
         evaluated_now=scorer.evaluations,
         directory=out_dir,
         notes=notes,
+        baselines=baselines,
     )
     _write(result, config, ratio_caps, directions)
     return result
+
+
+def own_domain_capabilities(config: RunConfig) -> dict[str, str]:
+    """Capability -> domain, for capabilities made only of held-out benchmarks of one domain
+    (the default capabilities: one per domain)."""
+    from demix.evaluation import resolve_benchmarks, resolve_capabilities
+
+    benchmarks = {b.name: b for b in resolve_benchmarks(config)}
+    out = {}
+    for cap in resolve_capabilities(config, list(benchmarks.values())):
+        domains = {benchmarks[n].domain for n in cap.weights if benchmarks[n].evaluator == "heldout_loss"}
+        if len(domains) == 1 and all(benchmarks[n].evaluator == "heldout_loss" for n in cap.weights):
+            out[cap.name] = domains.pop()
+    return out
+
+
+def own_weight_baseline(
+    config: RunConfig,
+    weights: Mapping[str, Mapping[str, float]],
+    reference_scores: Mapping[str, Mapping[str, float]],
+    targets: Sequence[Target],
+) -> FidelityReport | None:
+    """The no-model baseline: rank the mixtures on a domain's held-out capability by that
+    domain's own weight in the mixture, and compare with the reference models like a proxy.
+
+    It costs nothing, so a proxy is only informative where it beats it. On held-out loss of
+    well-separated domains it is hard to beat (more of a domain's tokens lower its loss almost
+    monotonically); then the benchmarks cannot tell proxies apart, whatever their compute.
+    None when no capability is a single domain's held-out score. CRR is left undefined
+    (weights and scores are on different scales)."""
+    own = own_domain_capabilities(config)
+    chosen = [Target(t.name, capability=True, higher_is_better=True, ratio_scale=False)
+              for t in targets if t.capability and t.name in own]
+    if not chosen:
+        return None
+    proxy = {key: {t.name: float(w[own[t.name]]) for t in chosen} for key, w in weights.items()}
+    reference = {key: {t.name: row[t.name] for t in chosen} for key, row in reference_scores.items()}
+    f = config.fidelity
+    return compare(reference, proxy, chosen, proxy_kind=OWN_WEIGHT, bootstrap=f.bootstrap, seed=f.seed,
+                   confidence=f.confidence, top_fraction=f.top_fraction)
 
 
 def _target_order(config: RunConfig) -> list[str]:
@@ -603,6 +652,7 @@ def _write(result: FidelityResult, config: RunConfig, ratio_caps: set[str], dire
         "mixtures": [{"key": m.key, "source": m.source, "weights": m.weights} for m in result.mixtures],
         "proxy_kinds": list(result.reports),
         "reports": {k: r.to_dict() for k, r in result.reports.items()},
+        "baselines": {k: r.to_dict() for k, r in result.baselines.items()},
         "summary": result.summary,
         "audit_warnings": [
             {"kind": w.kind, "severity": w.severity, "subject": w.subject, "group": w.group,
@@ -634,3 +684,16 @@ def load_reports(path: str | Path) -> dict[str, FidelityReport]:
         raise DemixError(f"no fidelity results at '{p}'", "run `demix fidelity CONFIG` first")
     data = json.loads(p.read_text())
     return {k: FidelityReport.from_dict(v) for k, v in data["reports"].items()}
+
+
+def load_baselines(path: str | Path) -> dict[str, FidelityReport]:
+    """The no-model baselines of a ``fidelity.json`` (``{"own_weight": FidelityReport}`` or empty)."""
+    import json
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "fidelity.json"
+    if not p.is_file():
+        raise DemixError(f"no fidelity results at '{p}'", "run `demix fidelity CONFIG` first")
+    data = json.loads(p.read_text())
+    return {k: FidelityReport.from_dict(v) for k, v in data.get("baselines", {}).items()}
