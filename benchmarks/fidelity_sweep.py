@@ -158,11 +158,15 @@ def main() -> None:
     out = Path(args.out).resolve()
     src_cfg = load_config(source / "config.yaml")
     domains = src_cfg.data.domain_names
+    # Every variant is measured on the source's reference mixtures, pinned by value (a variant may
+    # add more with fidelity.num_references / fidelity.seed).
+    pinned = [m["weights"] for m in json.loads((source / "fidelity" / "mixtures.json").read_text())["mixtures"]]
+    pin = [f"fidelity.mixtures={json.dumps(pinned)}", "fidelity.num_references=0"]
     rows = []
     variants = [("source", [])] + [parse_variant(v) for v in args.variant]
     for name, overrides in variants:
         root = source if name == "source" else out / name
-        cfg = load_config(source / "config.yaml", [*overrides, f"output_dir={root}"])
+        cfg = load_config(source / "config.yaml", [*pin, *overrides, f"output_dir={root}"])
         print(f"== {name}: {' '.join(overrides) or '(the source run)'}", flush=True)
         retrain = [] if name == "source" else prepare_variant(source, root, src_cfg, cfg)
         run = RunDir(root)

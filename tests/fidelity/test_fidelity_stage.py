@@ -260,6 +260,12 @@ def test_reference_mixtures_are_seeded_and_validated(module_runs):
     other = config.model_copy(deep=True)
     other.fidelity.seed = 1
     assert [m.key for m in reference_mixtures(other, counts)][1:] != [m.key for m in a][1:]
+    # Raising the count keeps the earlier references (so their trained models are reused).
+    more = config.model_copy(deep=True)
+    more.fidelity.num_references = 3 * config.fidelity.num_references
+    b = reference_mixtures(more, counts)
+    assert len(b) == len(a) + 2 * config.fidelity.num_references
+    assert [m.key for m in b][: len(a)] == [m.key for m in a]
 
     bad = config.model_copy(deep=True)
     bad.fidelity.mixtures = [{"general": 0.5, "poetry": 0.5}]

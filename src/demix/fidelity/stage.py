@@ -47,6 +47,9 @@ FORMAT_VERSION = 1
 REFERENCE = "reference"
 MERGED = "merged"
 OWN_WEIGHT = "own_weight"
+REFERENCE_DRAWS = 4096
+"""Candidates drawn for the sampled reference mixtures (the first ``num_references`` distinct
+ones are used), fixed so that the sample of a smaller count is a prefix of a larger one's."""
 """Label of the no-model baseline (:func:`own_weight_baseline`)."""
 
 
@@ -106,14 +109,21 @@ def reference_mixtures(config: RunConfig, token_counts: Mapping[str, float] | No
         s = config.search
         bounds = resolve_bounds(domains, s.bounds, token_counts, s.target_tokens)
         prior = prior_weights(domains, s.sampler.prior, token_counts)
-        # A stream of its own ([seed, 7]) so the references never coincide with the search's plan by construction.
-        rows = sample_mixtures(domains, f.num_references, prior, s.sampler, bounds, np.random.default_rng([f.seed, 7]))
+        # A stream of its own ([seed, 7]) so the references never coincide with the search's plan by
+        # construction. Always the same number of draws, so the first n are the same whatever n:
+        # raising num_references adds references and keeps (and reuses) the earlier ones.
+        draws = max(REFERENCE_DRAWS, 2 * f.num_references)
+        rows = sample_mixtures(domains, draws, prior, s.sampler, bounds, np.random.default_rng([f.seed, 7]))
+        sampled = 0
         for row in rows:
             w = {d: float(x) for d, x in zip(domains, row)}
             key = mixture_key(w)
             if key not in seen:
                 seen.add(key)
                 out.append(ReferenceMixture(key, w, "sampled"))
+                sampled += 1
+                if sampled == f.num_references:
+                    break
     if not out:
         raise DemixError(
             "no reference mixtures: fidelity.mixtures is empty and fidelity.num_references is 0",
