@@ -111,21 +111,20 @@ def prepare_variant(source: Path, root: Path, src_cfg, cfg) -> list[str]:
     return retrain
 
 
-def weights_only_rho(result, domains: list[str]) -> dict[str, float]:
-    """Spearman between each domain capability's reference score and that domain's own weight."""
+def weights_only_rho(result, domains: list[str], own_domain: dict[str, str]) -> dict[str, float]:
+    """Spearman between a capability's reference score and the weight of its own domain (the
+    capability named after the domain, or as given by --own-domain)."""
     from scipy.stats import spearmanr
 
     rep = result.reports["merged"]
     weights = {m.key: m.weights for m in result.mixtures}
     out = {}
-    for d in domains:
-        t = rep.targets.get(d)
-        if t is None:
+    for name, t in rep.targets.items():
+        d = own_domain.get(name, name if name in domains else None)
+        if not t.capability or d is None:
             continue
         keys = sorted(t.scores)
-        ref = [t.scores[k][0] for k in keys]
-        w = [weights[k][d] for k in keys]
-        out[d] = float(spearmanr(ref, w).statistic)
+        out[name] = float(spearmanr([t.scores[k][0] for k in keys], [weights[k][d] for k in keys]).statistic)
     return out
 
 
@@ -146,6 +145,8 @@ def main() -> None:
     ap.add_argument("--source", required=True, help="a run directory whose fidelity stage has run")
     ap.add_argument("--out", required=True, help="directory of the variants' run directories")
     ap.add_argument("--variant", action="append", default=[], help="'NAME: key=value key=value ...'")
+    ap.add_argument("--own-domain", action="append", default=[], metavar="CAPABILITY=DOMAIN",
+                    help="the domain whose weight is the weights-only proxy of a capability not named after a domain")
     args = ap.parse_args()
 
     from demix.config import load_config, save_config
@@ -154,6 +155,7 @@ def main() -> None:
     from demix.rundir import RunDir, write_json
     from demix.training import train_base, train_components
 
+    own_domain = dict(item.split("=", 1) for item in args.own_domain)
     source = Path(args.source).resolve()
     out = Path(args.out).resolve()
     src_cfg = load_config(source / "config.yaml")
@@ -190,7 +192,7 @@ def main() -> None:
                             "per_capability": {t.name: t.spearman.to_dict() for t in r.targets.values() if t.capability}}
                         for k, r in result.reports.items()},
             "flops_vs_demix": {r["approach"]: r.get("flops_vs_demix") for r in result.compute.get("rows", [])},
-            "weights_only_rho": weights_only_rho(result, domains),
+            "weights_only_rho": weights_only_rho(result, domains, own_domain),
             "proxy_gap_median": gaps[len(gaps) // 2] if gaps else None,
             "relative_delta": {d: g["all"].relative for d, g in result.audit.deltas.items()},
             "component_gain_nats": component_gain(run, domains),

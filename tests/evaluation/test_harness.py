@@ -220,3 +220,32 @@ def test_task_with_missing_data_file_is_a_clear_error(tiny_run, tmp_path):
     (tmp_path / "nodata.yaml").write_text(ROLLING_YAML.format(name="nodata", data=tmp_path / "missing.jsonl"))
     with pytest.raises(DemixError, match=r"could not load task\(s\) \['nodata'\]"):
         Harness([Benchmark("b", "lm_eval", None, None, task="nodata")], [tmp_path], tokenizer)
+
+
+def test_answer_longer_than_the_context_is_a_clear_error(tiny_run, tmp_path):
+    """The harness itself only asserts; demix names the task and what to change."""
+    from .conftest import tiny_llama
+
+    run, tokenizer, _ = tiny_run
+    short_context = tiny_llama(len(tokenizer), max_positions=16).eval()
+    long_answer = " the river runs quietly" * 20
+    write_task(tmp_path, "long_mc", MC_YAML, [{"query": "the river", "choices": [long_answer, " and"], "gold": 0}])
+    harness = Harness([Benchmark("long", "lm_eval", "acc", None, task="long_mc")], [tmp_path], tokenizer)
+    with pytest.raises(DemixError) as exc:
+        harness.evaluate(short_context)
+    assert "long_mc" in exc.value.what and "16 tokens" in exc.value.what and "model.seq_len" in exc.value.fix
+
+
+def test_shipped_humaneval_keeps_only_answers_that_fit_the_context(tiny_run, tmp_path):
+    from demix.evaluation.local_tasks import materialize_tasks
+
+    run, tokenizer, _ = tiny_run
+    rows = lambda d: [json.loads(line) for line in (d / "data" / "demix_humaneval.jsonl").read_text().splitlines()]
+    materialize_tasks(tmp_path / "all", ["demix_humaneval"], tokenizer=tokenizer)
+    assert len(rows(tmp_path / "all")) == 164
+    materialize_tasks(tmp_path / "fit", ["demix_humaneval"], tokenizer=tokenizer, max_answer_tokens=96)
+    kept = rows(tmp_path / "fit")
+    assert 0 < len(kept) < 164
+    for row in kept:
+        for choice in row["choices"]:
+            assert len(tokenizer(choice, add_special_tokens=False)["input_ids"]) <= 92

@@ -111,7 +111,9 @@ class Evaluator:
                 for d in mc_domains
                 if d in config.data.domain_names
             }
-            shipped = materialize_tasks(run.eval_tasks, wanted, seed=ev.seed, heldout=packed, tokenizer=tokenizer)
+            shipped = materialize_tasks(
+                run.eval_tasks, wanted, seed=ev.seed, heldout=packed, tokenizer=tokenizer, max_answer_tokens=config.model.seq_len
+            )
             dirs: list[Path] = ([run.eval_tasks] if shipped else []) + [Path(d) for d in ev.task_dirs]
             harness = Harness(lm_benchmarks, dirs, tokenizer, batch_size=ev.batch_size, seed=ev.seed)
         return cls(benchmarks, capabilities, heldout, harness)

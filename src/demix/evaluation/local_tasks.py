@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ import numpy as np
 
 from demix.errors import DemixError, require
 from demix.rundir import atomic_write_text
+
+log = logging.getLogger("demix.evaluation")
 
 SHIPPED = ("demix_math", "demix_humaneval", "demix_humaneval_bpb")
 HELDOUT_MC_PREFIX = "demix_heldout_mc_"
@@ -113,13 +116,24 @@ def humaneval_problems() -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def humaneval_items(seed: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(multiple-choice rows, bits-per-byte rows) from HumanEval."""
+def humaneval_items(
+    seed: int = 0, fits: Callable[[str], bool] | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(multiple-choice rows, bits-per-byte rows) from HumanEval.
+
+    ``fits(solution)`` says whether a solution is short enough to be scored as an answer by the
+    model (the harness refuses an answer longer than the model's context): multiple-choice rows
+    are made only of solutions that fit. None: all 164 problems."""
     problems = humaneval_problems()
     rng = random.Random(f"demix_humaneval:{seed}")
+    usable = [i for i, p in enumerate(problems) if fits is None or fits(p["canonical_solution"])]
+    if fits is not None and len(usable) < len(problems):
+        log.info("demix_humaneval: %d of %d problems have a solution longer than the model's context; left out",
+                 len(problems) - len(usable), len(problems))
     mc = []
-    for i, p in enumerate(problems):
-        others = rng.sample([j for j in range(len(problems)) if j != i], 3)
+    for i in usable:
+        p = problems[i]
+        others = rng.sample([j for j in usable if j != i], 3)
         row = _mc_item(p["prompt"], p["canonical_solution"], [problems[j]["canonical_solution"] for j in others], rng)
         mc.append({"task_id": p["task_id"], **row})
     bpb = [{"task_id": p["task_id"], "text": p["prompt"] + p["canonical_solution"]} for p in problems]
@@ -190,12 +204,15 @@ def materialize_tasks(
     seed: int = 0,
     heldout: dict[str, Any] | None = None,
     tokenizer: Any = None,
+    max_answer_tokens: int | None = None,
 ) -> list[str]:
     """Write the shipped tasks among ``tasks`` (YAML + data) into ``dest``; returns their names.
 
     ``heldout`` maps a domain to its packed held-out split (``PackedTokens``), needed with
     ``tokenizer`` for ``demix_heldout_mc_<domain>``. Names that are not shipped are skipped (they
-    come from ``evaluation.task_dirs``). Raises DemixError when a held-out task cannot be built.
+    come from ``evaluation.task_dirs``). ``max_answer_tokens`` (with ``tokenizer``): the longest
+    answer the model can score (its context length); longer HumanEval solutions are left out of
+    ``demix_humaneval``. Raises DemixError when a held-out task cannot be built.
     """
     dest = Path(dest).resolve()
     data_dir = dest / "data"
@@ -208,7 +225,13 @@ def materialize_tasks(
             files = {"demix_math.jsonl": _jsonl(math_items(seed))}
             yaml_text = _template("demix_math")
         elif task in ("demix_humaneval", "demix_humaneval_bpb"):
-            mc, bpb = humaneval_items(seed)
+            fits = None
+            if tokenizer is not None and max_answer_tokens is not None:
+                # A few tokens of slack: the harness tokenises context + answer together, which
+                # can merge or split a token at the boundary.
+                limit = max_answer_tokens - 4
+                fits = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= limit  # noqa: E731
+            mc, bpb = humaneval_items(seed, fits)
             files = {"demix_humaneval.jsonl": _jsonl(mc)} if task == "demix_humaneval" else {"demix_humaneval_bpb.jsonl": _jsonl(bpb)}
             yaml_text = _template(task)
         else:
