@@ -29,6 +29,21 @@ def test_add_get_and_uniqueness_per_proxy_kind(tmp_path):
         assert [e.weights for e in s.evaluations_done("merged")] == [M1]
 
 
+def test_replace_rescores_a_finished_row_in_place(tmp_path):
+    with Store(url(tmp_path)) as s:
+        assert not s.replace(M1, {"bpb": 1.0}, {"general": -1.0})  # nothing to replace
+        s.add(M1, {"bpb": 1.2}, {"general": -1.2}, round=0, provenance={"seed": 1})
+        s.add(M1, {"bpb": 1.4}, {"general": -1.4}, proxy_kind="trained")
+        before = s.get(M1)
+        assert s.replace(M1, {"bpb": 1.1, "acc": 0.3}, {"general": -1.1}, provenance={"seed": 1, "again": True})
+        after = s.get(M1)
+        assert after.id == before.id and s.count() == 2
+        assert after.benchmarks == {"bpb": 1.1, "acc": 0.3} and after.provenance == {"seed": 1, "again": True}
+        assert s.get(M1, "trained").benchmarks == {"bpb": 1.4}  # other kinds untouched
+        with pytest.raises(DemixError):
+            s.replace(M1, {"bpb": float("nan")}, {"general": 0.0})
+
+
 def test_claim_complete_and_release_pending(tmp_path):
     with Store(url(tmp_path)) as s:
         assert s.claim(M1, round=0)

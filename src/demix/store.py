@@ -149,6 +149,20 @@ def _scores(data: Mapping[str, Any] | None, what: str) -> dict[str, float]:
     return out
 
 
+def _score_values(
+    benchmarks: Mapping[str, float], capabilities: Mapping[str, float], provenance: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The columns a finished evaluation writes (scores checked finite, JSON-encoded)."""
+    values: dict[str, Any] = {
+        "benchmarks": _dumps(_scores(benchmarks, "benchmark"), "benchmarks"),
+        "capabilities": _dumps(_scores(capabilities, "capability"), "capabilities"),
+        "completed_at": _now(),
+    }
+    if provenance is not None:
+        values["provenance"] = _dumps(dict(provenance), "provenance")
+    return values
+
+
 class Store:
     """Evaluated mixtures in a database given by a SQLAlchemy URL (``sqlite:///path`` by default,
     ``postgresql+psycopg://user@host/db`` for several drivers).
@@ -338,16 +352,8 @@ class Store:
         only after this driver's lease expired and the mixture was re-queued): its result is
         kept and this one dropped, so no mixture is stored twice."""
         key = mixture_key(mixture)
-        values: dict[str, Any] = {
-            "status": "done",
-            "owner": None,
-            "lease_expires": None,
-            "benchmarks": _dumps(_scores(benchmarks, "benchmark"), "benchmarks"),
-            "capabilities": _dumps(_scores(capabilities, "capability"), "capabilities"),
-            "completed_at": _now(),
-        }
-        if provenance is not None:
-            values["provenance"] = _dumps(dict(provenance), "provenance")
+        values = {"status": "done", "owner": None, "lease_expires": None,
+                  **_score_values(benchmarks, capabilities, provenance)}
         t = self.evaluations
         with self.engine.begin() as conn:
             res = conn.execute(
@@ -390,13 +396,7 @@ class Store:
         """Overwrite the scores (and provenance) of a finished evaluation, e.g. after the
         configured benchmarks changed and the same model was evaluated again. False when the
         mixture has no finished row of that kind (nothing written)."""
-        values: dict[str, Any] = {
-            "benchmarks": _dumps(_scores(benchmarks, "benchmark"), "benchmarks"),
-            "capabilities": _dumps(_scores(capabilities, "capability"), "capabilities"),
-            "completed_at": _now(),
-        }
-        if provenance is not None:
-            values["provenance"] = _dumps(dict(provenance), "provenance")
+        values = _score_values(benchmarks, capabilities, provenance)
         t = self.evaluations
         where = (t.c.mixture_key == mixture_key(mixture)) & (t.c.proxy_kind == proxy_kind) & (t.c.status == "done")
         with self.engine.begin() as conn:

@@ -683,8 +683,7 @@ def _nan_safe(obj: Any) -> Any:
     return obj
 
 
-def load_reports(path: str | Path) -> dict[str, FidelityReport]:
-    """The per-kind reports of a ``fidelity.json`` (``{proxy kind: FidelityReport}``)."""
+def _fidelity_json(path: str | Path) -> dict[str, Any]:
     import json
 
     p = Path(path)
@@ -692,18 +691,14 @@ def load_reports(path: str | Path) -> dict[str, FidelityReport]:
         p = p / "fidelity.json"
     if not p.is_file():
         raise DemixError(f"no fidelity results at '{p}'", "run `demix fidelity CONFIG` first")
-    data = json.loads(p.read_text())
-    return {k: FidelityReport.from_dict(v) for k, v in data["reports"].items()}
+    return json.loads(p.read_text())
+
+
+def load_reports(path: str | Path) -> dict[str, FidelityReport]:
+    """The per-kind reports of a ``fidelity.json`` (``{proxy kind: FidelityReport}``)."""
+    return {k: FidelityReport.from_dict(v) for k, v in _fidelity_json(path)["reports"].items()}
 
 
 def load_baselines(path: str | Path) -> dict[str, FidelityReport]:
     """The no-model baselines of a ``fidelity.json`` (``{"own_weight": FidelityReport}`` or empty)."""
-    import json
-
-    p = Path(path)
-    if p.is_dir():
-        p = p / "fidelity.json"
-    if not p.is_file():
-        raise DemixError(f"no fidelity results at '{p}'", "run `demix fidelity CONFIG` first")
-    data = json.loads(p.read_text())
-    return {k: FidelityReport.from_dict(v) for k, v in data.get("baselines", {}).items()}
+    return {k: FidelityReport.from_dict(v) for k, v in _fidelity_json(path).get("baselines", {}).items()}
