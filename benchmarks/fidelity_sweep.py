@@ -208,14 +208,17 @@ def main() -> None:
           "mixtures, 95% bootstrap CI)")
     budgets = [k for k in rows[0]["_result"].reports if k != "merged"]
     head = ("| variant | overrides | retrained | merged macro rho [CI] | top-25% rho | CRR | "
-            + " | ".join(f"{b} rho" for b in budgets)
+            + " | ".join(f"{b} rho; merged rho - this [paired CI]" for b in budgets)
             + " | rel. delta (mean) | proxy gap (median) | own-domain gain (nats, mean) |")
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for r in rows:
         res = r["_result"]
         m = res.reports["merged"].macro
-        trained = " | ".join(fmt(res.reports[b].macro["spearman"]) if b in res.reports else "-" for b in budgets)
+        trained = " | ".join(
+            f"{fmt(res.reports[b].macro['spearman'])}; merged-this {fmt(res.differences[b])}" if b in res.reports else "-"
+            for b in budgets
+        )
         delta = np.mean(list(r["relative_delta"].values())) if r["relative_delta"] else float("nan")
         gain = np.mean(list(r["component_gain_nats"].values())) if r["component_gain_nats"] else float("nan")
         gap = r["proxy_gap_median"] if r["proxy_gap_median"] is not None else float("nan")

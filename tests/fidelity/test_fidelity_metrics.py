@@ -213,3 +213,33 @@ def test_partial_overlap_is_reported_and_json_round_trips(tmp_path):
     assert back.to_dict() == rep.to_dict()
     assert back.targets["bpb"].crr.reason == rep.targets["bpb"].crr.reason
     assert "trained@200000" in rep.table() and "macro" in rep.table()
+
+
+def test_paired_difference_of_two_proxy_kinds():
+    from demix.fidelity import paired_difference
+
+    rng = np.random.default_rng(3)
+    ids = [f"m{i}" for i in range(16)]
+    reference = {m: {"a": float(rng.normal()), "b": float(rng.normal())} for m in ids}
+    good = {m: {c: v + float(rng.normal(0, 0.2)) for c, v in s.items()} for m, s in reference.items()}
+    noisy = {m: {c: v + float(rng.normal(0, 2.0)) for c, v in s.items()} for m, s in reference.items()}
+    g = compare(reference, good, proxy_kind="merged", bootstrap=400, seed=1)
+    n = compare(reference, noisy, proxy_kind="trained", bootstrap=400, seed=1)
+    d = paired_difference(g, n)
+    expected = np.mean([stats.spearmanr([reference[m][c] for m in ids], [good[m][c] for m in ids]).statistic
+                        - stats.spearmanr([reference[m][c] for m in ids], [noisy[m][c] for m in ids]).statistic
+                        for c in ("a", "b")])
+    assert d.value == pytest.approx(expected) == pytest.approx(g.macro["spearman"].value - n.macro["spearman"].value)
+    assert d.n == 16 and d.over == ["a", "b"] and d.resamples > 0
+    assert 0 < d.ci_low <= d.value <= d.ci_high  # clearly ahead
+    # Paired: the difference of a proxy kind with itself is exactly 0 on every resample.
+    same = paired_difference(g, g)
+    assert (same.value, same.ci_low, same.ci_high) == (0.0, 0.0, 0.0)
+    assert paired_difference(n, g).value == pytest.approx(-d.value)
+    # Different mixtures or reference scores: not two proxy kinds of one run.
+    other = compare({m: reference[m] for m in ids[:8]}, good, proxy_kind="x", bootstrap=0)
+    with pytest.raises(DemixError, match="different mixtures"):
+        paired_difference(g, other)
+    shifted = compare({m: {c: v + 1 for c, v in s.items()} for m, s in reference.items()}, good, bootstrap=0)
+    with pytest.raises(DemixError, match="other reference scores"):
+        paired_difference(g, shifted)

@@ -117,6 +117,13 @@ def test_stage_trains_evaluates_and_writes_its_files(first):
         assert t.crr.defined and t.crr.value > 0
     # The top-25% of 4 mixtures is 1 point: undefined, and the reason says so.
     assert not merged.macro["top_spearman"].defined
+    # Merged minus each trained kind, paired, in the result and in the summary rows.
+    assert sorted(result.differences) == [trained_kind(256), trained_kind(512)]
+    for kind, diff in result.differences.items():
+        assert diff.value == pytest.approx(merged.macro["spearman"].value - result.reports[kind].macro["spearman"].value)
+    summary = {r["proxy_kind"]: r for r in json.loads((d / "fidelity.json").read_text())["summary"]}
+    assert "merged_minus_this" not in summary["merged"]
+    assert summary[trained_kind(512)]["merged_minus_this"]["value"] == pytest.approx(result.differences[trained_kind(512)].value)
 
     scores = json.loads((d / "scores.json").read_text())
     key0 = keys[0]
@@ -297,7 +304,7 @@ def test_cli_prints_the_table_and_exits_nonzero_on_errors(first, tmp_path, capsy
     cfg.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     main(["fidelity", str(cfg)])
     out = capsys.readouterr().out
-    for text in ("merged", "trained@256", "macro", "rho", "CRR", "FLOPs", "reused", "own weight",
+    for text in ("merged", "trained@256", "macro", "rho", "CRR", "FLOPs", "reused", "own weight", "merged-this",
                  "no-model baseline"):
         assert text in out, text
 

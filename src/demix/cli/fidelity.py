@@ -89,16 +89,22 @@ def fidelity_cmd(
         console.print(f"no-model baseline: ranking each domain's held-out score by that domain's weight gives macro rho "
                       f"{base_rho:.2f} (merged proxies {merged_rho:.2f}); {verdict}")
 
-    comp = Table(title=f"compute of one search of {result.compute['search_proxies']} proxies (6 N D to train, 2 N D to evaluate)")
-    for col in ("approach", "train tokens", "eval tokens", "FLOPs", "vs DeMix", "macro rho"):
+    comp = Table(
+        title=f"compute of one search of {result.compute['search_proxies']} proxies (6 N D to train, 2 N D to evaluate)",
+        caption="merged-this: macro rho of the merged proxies minus this approach's, with a paired bootstrap CI "
+        "(same resampled mixtures); merged proxies are ahead where the whole interval is above 0.",
+    )
+    for col in ("approach", "train tokens", "eval tokens", "FLOPs", "vs DeMix", "macro rho", "merged-this"):
         comp.add_column(col, justify="left" if col == "approach" else "right")
     rho = {("demix" if k == "merged" else k): r.macro["spearman"] for k, r in result.reports.items()}
     for row in result.compute["rows"]:
         ratio = row.get("flops_vs_demix")
         st = rho.get(row["approach"])
+        diff = result.differences.get(row["approach"])
         comp.add_row(
             row["approach"], f"{row['train_tokens']:,}", f"{row['eval_tokens']:,}", f"{row['flops']:.3g}",
             f"{ratio:.2f}x" if ratio is not None else "-", _cell(st) if st is not None else "-",
+            _cell(diff) if diff is not None else "",
         )
     refs = result.compute["references"]
     comp.add_row("[dim]reference models (ground truth)[/]", f"{refs['train_tokens']:,}", f"{refs['eval_tokens']:,}",

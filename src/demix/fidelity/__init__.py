@@ -13,7 +13,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from demix.fidelity.metrics import FidelityReport, Statistic, Target, TargetFidelity, compare, ratio_score_from_bpb
+from demix.fidelity.metrics import (
+    FidelityReport,
+    Statistic,
+    Target,
+    TargetFidelity,
+    compare,
+    paired_difference,
+    ratio_score_from_bpb,
+)
 
 __all__ = [
     "FidelityReport",
@@ -21,6 +29,7 @@ __all__ = [
     "Target",
     "TargetFidelity",
     "compare",
+    "paired_difference",
     "ratio_score_from_bpb",
     "AuditReport",
     "AuditThresholds",

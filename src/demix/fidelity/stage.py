@@ -35,7 +35,7 @@ import numpy as np
 
 from demix.config import RunConfig, TrainConfig
 from demix.errors import DemixError
-from demix.fidelity.metrics import FidelityReport, Target, compare
+from demix.fidelity.metrics import FidelityReport, Statistic, Target, compare, paired_difference
 from demix.mixtures import mixture_key, validate_mixture
 from demix.rundir import RunDir, write_json
 
@@ -413,6 +413,9 @@ class FidelityResult:
     notes: list[str] = field(default_factory=list)
     baselines: dict[str, FidelityReport] = field(default_factory=dict)
     """No-model baselines (``own_weight``: see :func:`own_weight_baseline`), absent when they do not apply."""
+    differences: dict[str, Statistic] = field(default_factory=dict)
+    """Trained proxy kind -> macro rho of merged proxies minus its own, with a paired bootstrap
+    interval (:func:`demix.fidelity.metrics.paired_difference`): merged is ahead where it lies above 0."""
 
 
 def run_fidelity(
@@ -504,8 +507,9 @@ def run_fidelity(
     own = own_weight_baseline(config, {m.key: m.weights for m in mixtures}, ref_scores, targets)
     if own is not None:
         baselines[OWN_WEIGHT] = own
+    differences = {k: paired_difference(reports[MERGED], r) for k, r in reports.items() if k != MERGED}
     compute = compute_accounting(config, run, base, comps, len(mixtures), budgets)
-    summary = _summary(reports, compute)
+    summary = _summary(reports, compute, differences)
     result = FidelityResult(
         mixtures=mixtures,
         reports=reports,
@@ -522,6 +526,7 @@ def run_fidelity(
         directory=out_dir,
         notes=notes,
         baselines=baselines,
+        differences=differences,
     )
     _write(result, config, ratio_caps, directions)
     return result
@@ -626,7 +631,9 @@ def compute_accounting(
     }
 
 
-def _summary(reports: Mapping[str, FidelityReport], compute: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _summary(
+    reports: Mapping[str, FidelityReport], compute: Mapping[str, Any], differences: Mapping[str, Statistic]
+) -> list[dict[str, Any]]:
     flops = {b["approach"]: b for b in compute["budgets"]}
     rows = []
     for kind, rep in reports.items():
@@ -635,6 +642,8 @@ def _summary(reports: Mapping[str, FidelityReport], compute: Mapping[str, Any]) 
                                "eval_tokens": budget["eval_tokens"], "n": len(rep.mixtures)}
         for stat, st in rep.macro.items():
             row[stat] = st.to_dict()
+        if kind in differences:
+            row["merged_minus_this"] = differences[kind].to_dict()
         row["per_capability"] = {
             name: {"spearman": t.spearman.to_dict(), "crr": t.crr.to_dict()}
             for name, t in rep.targets.items() if t.capability
