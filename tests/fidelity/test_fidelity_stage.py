@@ -152,6 +152,13 @@ def test_compute_accounting_sums_and_orders(first):
     summary = {row["proxy_kind"]: row for row in json.loads((run.fidelity / "fidelity.json").read_text())["summary"]}
     assert summary["merged"]["flops"] == pytest.approx(demix["flops"])
     assert summary[trained_kind(512)]["train_tokens"] == 512 * n
+    # A budget that is not whole steps (8 x 32 tokens each) is counted as the steps it trains.
+    from demix.fidelity.stage import compute_accounting
+    from demix.merging.builder import run_checkpoints
+
+    base, comps = run_checkpoints(config, run)
+    odd = {b["approach"]: b for b in compute_accounting(config, run, base, comps, 4, [300])["budgets"]}
+    assert odd[trained_kind(300)]["train_tokens"] == 256 * n
 
 
 def test_audit_and_proxy_gaps_are_written(first):

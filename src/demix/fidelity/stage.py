@@ -611,10 +611,19 @@ def compute_accounting(
     for d, p in comps.items():
         tokens = read_provenance(p).get("tokens_seen") if is_finished(p) else None
         comp_tokens[d] = int(tokens) if tokens else int(config.train.components.tokens)
+    def trained_tokens(recipe: TrainConfig) -> int:
+        # What training really consumes: whole steps of batch_size x seq_len (3072 tokens at
+        # 8 x 256 per step is one step of 2048).
+        per_step = recipe.batch_size * config.model.seq_len
+        return max(1, recipe.tokens // per_step) * per_step
+
     budgets_ = [demix_budget(params, comp_tokens, n, eval_tokens)]
-    budgets_ += [trained_budget(params, int(b), eval_tokens, num_models=n, approach=trained_kind(b)) for b in budgets]
+    budgets_ += [
+        trained_budget(params, trained_tokens(trained_recipe(config, b)), eval_tokens, num_models=n, approach=trained_kind(b))
+        for b in budgets
+    ]
     references = trained_budget(
-        params, reference_recipe(config).tokens, eval_tokens, num_models=num_references, approach="reference models"
+        params, trained_tokens(reference_recipe(config)), eval_tokens, num_models=num_references, approach="reference models"
     )
     return {
         "version": FORMAT_VERSION,
