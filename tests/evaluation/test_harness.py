@@ -249,3 +249,14 @@ def test_shipped_humaneval_keeps_only_answers_that_fit_the_context(tiny_run, tmp
     for row in kept:
         for choice in row["choices"]:
             assert len(tokenizer(choice, add_special_tokens=False)["input_ids"]) <= 92
+
+
+def test_building_requests_draws_no_progress_bar(tiny_run, model, capfd):
+    """demix shows its own progress; the harness's per-task bar must not leak into the output."""
+    run, _, _ = tiny_run
+    config = make_config(run.root, benchmarks=[{"name": "math_mc", "evaluator": "lm_eval", "task": "demix_math", "limit": 5}])
+    evaluator = Evaluator.from_run(config, run, "cpu")
+    capfd.readouterr()
+    evaluator.evaluate(model)
+    captured = capfd.readouterr()
+    assert "it/s" not in captured.err + captured.out

@@ -21,6 +21,7 @@ Caching, and what is never cached:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -133,7 +134,16 @@ def _reuse_requests(task: Any) -> None:
                 inst.filtered_resps.clear()
             task._instances = built[key]
             return
-        build(**kwargs)
+        # The harness draws a progress bar per task here and has no switch for it; demix shows
+        # its own progress, so the module's tqdm is silenced for this one call.
+        import lm_eval.api.task as task_module
+
+        bar = task_module.tqdm
+        task_module.tqdm = functools.partial(bar, disable=True)
+        try:
+            build(**kwargs)
+        finally:
+            task_module.tqdm = bar
         built[key] = task._instances
 
     task.build_all_requests = build_once
