@@ -26,7 +26,8 @@ usage: OMP_NUM_THREADS=1 python benchmarks/fidelity_sweep.py --source runs/fidel
            --variant 'ctok200k: train.components.tokens=200000' ...
 
 Each variant resumes from what its directory holds; its numbers go to ``<out>/<name>/fidelity/``
-and the table to ``<out>/sweep.json``.
+and the table to ``<out>/sweep.json``. The source's own fidelity stage is run again first (it
+reuses everything), with its reference mixtures pinned by value in its ``config.yaml``.
 """
 
 from __future__ import annotations
@@ -184,6 +185,7 @@ def main() -> None:
             "variant": name,
             "overrides": overrides,
             "retrained": retrain,
+            "rescored": cfg.evaluation != src_cfg.evaluation,
             "seconds": seconds,
             "trained_now": result.trained_now,
             "evaluated_now": result.evaluated_now,
@@ -232,9 +234,9 @@ def main() -> None:
     for r in rows:
         res = r["_result"]
         for kind, rep in res.reports.items():
-            if kind != "merged" and r["variant"] != "source" and "references" not in r["retrained"] \
+            if kind != "merged" and r["variant"] != "source" and not r["rescored"] and "references" not in r["retrained"] \
                     and "trained proxies" not in r["retrained"]:
-                continue  # the same trained proxies as the source row
+                continue  # the same trained proxies and scores as the source row
             caps = [t for t in rep.targets.values() if t.capability]
             print(f"| {r['variant']} | {kind} | " + ", ".join(f"{t.name} {fmt(t.spearman)}" for t in caps) + " |")
         w = r["weights_only_rho"]
