@@ -134,8 +134,11 @@ class RayExecutor(Executor):
     def num_workers(self) -> int:
         return len(self._actors)
 
-    def worker_pids(self, timeout: float = 120.0) -> list[int]:
-        """Process ids of the actors (current incarnations; waits for restarting ones)."""
+    def worker_pids(self, timeout: float = 600.0) -> list[int]:
+        """Process ids of the actors (current incarnations; waits for restarting ones).
+
+        A restart re-imports torch and reloads the components: on a loaded 2-core machine that
+        was measured at over 2 minutes, hence the generous default."""
         deadline = time.monotonic() + timeout
         while True:
             try:
