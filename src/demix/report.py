@@ -85,9 +85,9 @@ class RunData:
     fidelity: dict[str, Any]
     compute: list[dict[str, Any]]
     pareto_over: int | None = None
+    """Candidates (best-ranked first) the Pareto front was computed over (selection.json)."""
     fidelity_baselines: dict[str, Any] = field(default_factory=dict)
     """No-model baselines of the fidelity stage (``own_weight``), by name."""
-    """Candidates (best-ranked first) the Pareto front was computed over (selection.json)."""
 
     @property
     def domains(self) -> list[str]:

@@ -47,10 +47,10 @@ FORMAT_VERSION = 1
 REFERENCE = "reference"
 MERGED = "merged"
 OWN_WEIGHT = "own_weight"
+"""Label of the no-model baseline (:func:`own_weight_baseline`)."""
 REFERENCE_DRAWS = 4096
 """Candidates drawn for the sampled reference mixtures (the first ``num_references`` distinct
 ones are used), fixed so that the sample of a smaller count is a prefix of a larger one's."""
-"""Label of the no-model baseline (:func:`own_weight_baseline`)."""
 
 
 def trained_kind(tokens: int) -> str:
