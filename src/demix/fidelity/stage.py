@@ -177,7 +177,6 @@ class ModelScorer:
         self._evaluator: Any = None
         self._expected: tuple[set[str], set[str]] | None = None
         self._components: str | None = None
-        self._stale: Any = None
         self.evaluations = 0
         """Evaluations run by this scorer (not read from the store)."""
         self.trainings = 0
@@ -220,14 +219,16 @@ class ModelScorer:
             self._components = component_fingerprint(self.config, self.run) or ""
         return self._components or None
 
-    def _stored(self, mixture: Mapping[str, float], kind: str, recipe: dict[str, Any] | None = None) -> Scored | None:
-        """The stored scores of ``mixture`` for ``kind``; None when there is no row, or when the
-        row was scored on other benchmarks than the config's (then ``self._stale`` holds it and
-        the caller evaluates the same model again and replaces the row)."""
-        self._stale = None
+    def _stored(
+        self, mixture: Mapping[str, float], kind: str, recipe: dict[str, Any] | None = None
+    ) -> tuple[Scored | None, Any]:
+        """(stored scores of ``mixture`` for ``kind``, stale row). Scores are None when there is
+        no row, or when the row was scored on other benchmarks than the config's: then the stale
+        row is returned, and the caller evaluates the same model again and passes it to
+        :meth:`_save`, which replaces it."""
         row = self.store.get(mixture, kind)
         if row is None:
-            return None
+            return None, None
         had = row.provenance.get("recipe")
         if recipe is not None and had is not None and had != recipe:
             raise DemixError(
@@ -246,17 +247,17 @@ class ModelScorer:
         if set(row.benchmarks) != benchmarks or set(row.capabilities) != capabilities:
             log.info("%s %s was scored on other benchmarks (%s); evaluating it again",
                      kind, row.mixture_key, ", ".join(sorted(row.benchmarks)))
-            self._stale = row
-            return None
+            return None, row
         hib = row.provenance.get("higher_is_better") or {}
-        return Scored(dict(row.benchmarks), dict(row.capabilities), {k: bool(v) for k, v in hib.items()}, reused=True)
+        return Scored(dict(row.benchmarks), dict(row.capabilities), {k: bool(v) for k, v in hib.items()}, reused=True), None
 
-    def _save(self, mixture: Mapping[str, float], kind: str, result: Any, provenance: dict[str, Any]) -> Scored:
+    def _save(
+        self, mixture: Mapping[str, float], kind: str, result: Any, provenance: dict[str, Any], stale: Any = None
+    ) -> Scored:
         provenance = {**provenance, "higher_is_better": dict(result.higher_is_better), "source": "demix fidelity"}
-        if self._stale is not None:
-            # Same model, new benchmark set: the row is updated, never duplicated.
-            self.store.replace(mixture, result.benchmarks, result.capabilities, kind, {**self._stale.provenance, **provenance})
-            self._stale = None
+        if stale is not None:
+            # Same model, new benchmark set: the row is updated (keeping e.g. the search's round), never duplicated.
+            self.store.replace(mixture, result.benchmarks, result.capabilities, kind, {**stale.provenance, **provenance})
         elif not self.store.add(mixture, result.benchmarks, result.capabilities, kind, None, provenance):
             # Another driver holds or finished this row meanwhile; our scores are still valid here.
             log.warning("mixture %s (%s) was stored by another process; using this evaluation unsaved", mixture_key(mixture), kind)
@@ -270,7 +271,7 @@ class ModelScorer:
         finished directory), evaluate and store."""
         key = mixture_key(mixture)
         want = _recipe_fingerprint(recipe)
-        stored = self._stored(mixture, kind, want)
+        stored, stale = self._stored(mixture, kind, want)
         if stored is not None:
             self.on_event(kind, key, "reused")
             return stored
@@ -297,7 +298,7 @@ class ModelScorer:
             "tokens_seen": result.provenance.get("tokens_seen"),
             "base_hash": result.provenance.get("base_hash"),
         }
-        scored = self._save(mixture, kind, ev, prov)
+        scored = self._save(mixture, kind, ev, prov, stale)
         scored.trained = not result.skipped
         self.on_event(kind, key, "trained" if not result.skipped else "evaluated")
         return scored
@@ -325,7 +326,7 @@ class ModelScorer:
         needed for the proxy gap) and score it, reusing a stored merged evaluation."""
         builder.build(mixture)
         key = mixture_key(mixture)
-        stored = self._stored(mixture, MERGED)
+        stored, stale = self._stored(mixture, MERGED)
         if stored is not None:
             self.on_event(MERGED, key, "reused")
             return stored
@@ -334,7 +335,8 @@ class ModelScorer:
         with torch.no_grad():
             ev = self._evaluate(builder.model)
         scored = self._save(
-            mixture, MERGED, ev, {"merge_method": self.config.merge.method, "round": None, "components": self.components}
+            mixture, MERGED, ev, {"merge_method": self.config.merge.method, "round": None, "components": self.components},
+            stale,
         )
         self.on_event(MERGED, key, "evaluated")
         return scored
@@ -603,6 +605,7 @@ def compute_accounting(
         trained_budget,
     )
     from demix.training import is_finished, read_provenance, reference_recipe
+    from demix.training.recipe import training_steps
 
     params = count_parameters(base)
     eval_tokens = heldout_eval_tokens(config)
@@ -611,11 +614,10 @@ def compute_accounting(
     for d, p in comps.items():
         tokens = read_provenance(p).get("tokens_seen") if is_finished(p) else None
         comp_tokens[d] = int(tokens) if tokens else int(config.train.components.tokens)
+
     def trained_tokens(recipe: TrainConfig) -> int:
-        # What training really consumes: whole steps of batch_size x seq_len (3072 tokens at
-        # 8 x 256 per step is one step of 2048).
-        per_step = recipe.batch_size * config.model.seq_len
-        return max(1, recipe.tokens // per_step) * per_step
+        # What training really consumes (training refuses a budget under one step).
+        return max(1, training_steps(recipe, config.model.seq_len)) * recipe.batch_size * config.model.seq_len
 
     budgets_ = [demix_budget(params, comp_tokens, n, eval_tokens)]
     budgets_ += [

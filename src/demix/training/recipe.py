@@ -123,6 +123,12 @@ def reference_recipe(config: RunConfig) -> TrainConfig:
     return TrainConfig(**fields)
 
 
+def training_steps(recipe: TrainConfig, seq_len: int) -> int:
+    """Optimizer steps a token budget buys: whole steps of ``batch_size x seq_len`` tokens (a
+    budget that is not a multiple is rounded down; 3072 tokens at 8 x 256 is one step)."""
+    return recipe.tokens // (recipe.batch_size * seq_len)
+
+
 def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
@@ -298,7 +304,7 @@ def _train_quietly(
 
     seq_len = config.model.seq_len
     tokens_per_step = recipe.batch_size * seq_len
-    steps = recipe.tokens // tokens_per_step
+    steps = training_steps(recipe, seq_len)
     if steps < 1:
         raise DemixError(
             f"the {role} budget of {recipe.tokens} tokens is less than one step of {recipe.batch_size} x {seq_len} tokens",
