@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import shutil
@@ -47,6 +46,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
+from fidelity_vs_compute import fmt_stat  # noqa: E402  (the sibling script: same cell format)
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -54,14 +54,6 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     if not rest.strip() and "=" in name:
         raise SystemExit(f"variant '{text}' has no name: write 'NAME: key=value key=value'")
     return name.strip(), shlex.split(rest)  # quotes keep a YAML value with spaces in one override
-
-
-def fmt(st) -> str:
-    if not st.defined:
-        return "undef"
-    if math.isnan(st.ci_low):
-        return f"{st.value:+.2f}"
-    return f"{st.value:+.2f} [{st.ci_low:+.2f},{st.ci_high:+.2f}]"
 
 
 def link_tree(src: Path, dst: Path) -> None:
@@ -203,7 +195,7 @@ def main() -> None:
         }
         rows.append(row)
         print(f"   {seconds:.0f} s, trained {result.trained_now}, evaluated {result.evaluated_now}, "
-              f"merged macro rho {fmt(result.reports['merged'].macro['spearman'])}", flush=True)
+              f"merged macro rho {fmt_stat(result.reports['merged'].macro['spearman'])}", flush=True)
 
     print()
     print(f"Fidelity of merged proxies against the reference models, one knob at a time (n = {rows[0]['n']} "
@@ -218,14 +210,14 @@ def main() -> None:
         res = r["_result"]
         m = res.reports["merged"].macro
         trained = " | ".join(
-            f"{fmt(res.reports[b].macro['spearman'])}; merged-this {fmt(res.differences[b])}" if b in res.reports else "-"
+            f"{fmt_stat(res.reports[b].macro['spearman'])}; merged-this {fmt_stat(res.differences[b])}" if b in res.reports else "-"
             for b in budgets
         )
         delta = np.mean(list(r["relative_delta"].values())) if r["relative_delta"] else float("nan")
         gain = np.mean(list(r["component_gain_nats"].values())) if r["component_gain_nats"] else float("nan")
         gap = r["proxy_gap_median"] if r["proxy_gap_median"] is not None else float("nan")
         print(f"| {r['variant']} | {' '.join(r['overrides']) or '-'} | {', '.join(r['retrained']) or 'nothing'} | "
-              f"{fmt(m['spearman'])} | {fmt(m['top_spearman'])} | {fmt(m['crr'])} | {trained} | {delta:.3f} | "
+              f"{fmt_stat(m['spearman'])} | {fmt_stat(m['top_spearman'])} | {fmt_stat(m['crr'])} | {trained} | {delta:.3f} | "
               f"{gap:.2f} | {gain:.2f} |")
     print()
     print("rho per capability (trained proxies shown where the variant trained its own)")
@@ -238,7 +230,7 @@ def main() -> None:
                     and "trained proxies" not in r["retrained"]:
                 continue  # the same trained proxies and scores as the source row
             caps = [t for t in rep.targets.values() if t.capability]
-            print(f"| {r['variant']} | {kind} | " + ", ".join(f"{t.name} {fmt(t.spearman)}" for t in caps) + " |")
+            print(f"| {r['variant']} | {kind} | " + ", ".join(f"{t.name} {fmt_stat(t.spearman)}" for t in caps) + " |")
         w = r["weights_only_rho"]
         if w:
             print(f"| {r['variant']} | weights only (no model) | " + ", ".join(f"{c} {v:+.2f}" for c, v in w.items()) + " |")
