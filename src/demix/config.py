@@ -126,7 +126,10 @@ class ModelConfig(StrictModel):
     """Allow custom model code from checkpoint directories. Off unless you trust the files."""
 
 
-class TrainConfig(StrictModel):
+class TrainRecipe(StrictModel):
+    """One training recipe: token budget, optimiser schedule, batch, precision (the `train.base`,
+    `train.reference` and `train.trained_proxy` sections)."""
+
     tokens: int = Field(default=1_000_000, gt=0)
     """Token budget of the run (steps = tokens / (batch_size x seq_len))."""
 
@@ -161,7 +164,7 @@ class TrainConfig(StrictModel):
     """Training precision (bf16 on GPUs that have it; fp32 on CPU)."""
 
 
-class ComponentTrainConfig(TrainConfig):
+class ComponentRecipe(TrainRecipe):
     general_share: float = Field(default=0.5, ge=0, lt=1)
     """Share of general-domain tokens in each component's training data (DeMix: 0.5; pure-domain
     components merge badly)."""
@@ -206,17 +209,17 @@ class TrainingConfig(StrictModel):
     command: CommandTrainerConfig = Field(default_factory=CommandTrainerConfig)
     """The `command` backend: launch template, data-mixture format, converter, Slurm."""
 
-    base: TrainConfig = Field(default_factory=TrainConfig)
+    base: TrainRecipe = Field(default_factory=TrainRecipe)
     """Pretraining of the base from scratch on the general domain."""
 
-    components: ComponentTrainConfig = Field(default_factory=ComponentTrainConfig)
+    components: ComponentRecipe = Field(default_factory=ComponentRecipe)
     """Continued training of one component per domain from the base."""
 
-    reference: TrainConfig = Field(default_factory=TrainConfig)
+    reference: TrainRecipe = Field(default_factory=TrainRecipe)
     """Continued training of reference models on a mixture (ground truth for fidelity);
     defaults to the component budget when not set."""
 
-    trained_proxy: TrainConfig = Field(default_factory=lambda: TrainConfig(tokens=200_000))
+    trained_proxy: TrainRecipe = Field(default_factory=lambda: TrainRecipe(tokens=200_000))
     """The training-based proxy baseline (RegMix style): a shorter run on a mixture."""
 
     device: str = "auto"

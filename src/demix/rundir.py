@@ -13,9 +13,17 @@ Layout (see README, "Run directory"):
     <run>/models/references/<id>/     reference models (fidelity)
     <run>/models/trained_proxies/<id>/ training-based proxies (fidelity baseline)
     <run>/store.sqlite                every evaluated mixture and its scores
-    <run>/search/round_<r>/           candidate pool, predictor fits, CV report per round
+    <run>/search/round_<r>/           planned.json, cv.json, predictors/, pool.npz, selection.json, pareto.csv
     <run>/best_mixture.json           the chosen mixture
+    <run>/fidelity/                   mixtures.json, scores.json, compute.json, audit.json, fidelity.json, <kind>.json
     <run>/report/                     report.html, report.md, figures/
+    <run>/timings.json                stage times of every invocation
+    <run>/train_commands/             rendered trainer commands of the command backend
+    <run>/eval/tasks/                 lm-eval tasks written for this run
+
+What a file *holds* is typed next to the stage that writes it (``demix.search.files``,
+``demix.fidelity.files``); this module only knows where files are, plus the two facts every
+stage asks the run directory for: token counts of the prepared data and stage timings.
 """
 
 from __future__ import annotations
@@ -23,9 +31,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from demix.errors import DemixError
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -48,8 +59,21 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: str | Path) -> Any:
+    """Parse a JSON file (errors are the caller's to name: see :func:`read_run_file`)."""
     return json.loads(Path(path).read_text())
+
+
+def read_run_file(path: str | Path, fix: str) -> Any:
+    """Parse a JSON file that demix wrote; a missing, unreadable or garbled one is a DemixError
+    naming the path and ``fix``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DemixError(f"'{path}' does not exist", fix)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DemixError(f"'{path}' cannot be read ({exc})", fix) from None
 
 
 @dataclass(frozen=True)
@@ -67,8 +91,16 @@ class RunDir:
         return self.root / "config.yaml"
 
     @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
     def log(self) -> Path:
-        return self.root / "logs" / "demix.log"
+        return self.logs / "demix.log"
+
+    @property
+    def timings(self) -> Path:
+        return self.root / "timings.json"
 
     # data
     @property
@@ -81,6 +113,10 @@ class RunDir:
 
     def domain_data(self, domain: str) -> Path:
         return self.data / domain
+
+    def split_meta(self, domain: str, split: str = "train") -> Path:
+        """``data/<domain>/<split>.meta.json``: token, document and byte counts of a packed split."""
+        return self.data / domain / f"{split}.meta.json"
 
     @property
     def tokenizer(self) -> Path:
@@ -104,13 +140,39 @@ class RunDir:
     def trained_proxy(self, mixture_id: str) -> Path:
         return self.models / "trained_proxies" / mixture_id
 
+    @property
+    def trainer_outputs(self) -> Path:
+        """Outputs of the command backend's trainer before conversion to HF checkpoints."""
+        return self.models / "_trainer_output"
+
+    @property
+    def train_commands(self) -> Path:
+        """Rendered commands, data-mixture files and plan of the command backend."""
+        return self.root / "train_commands"
+
+    @property
+    def train_commands_log(self) -> Path:
+        return self.logs / "train_commands.log"
+
     # search
     @property
+    def store_file(self) -> Path:
+        return self.root / "store.sqlite"
+
+    @property
     def store_url(self) -> str:
-        return f"sqlite:///{(self.root / 'store.sqlite').resolve()}"
+        return f"sqlite:///{self.store_file.resolve()}"
+
+    @property
+    def search(self) -> Path:
+        return self.root / "search"
 
     def round_dir(self, round_index: int) -> Path:
-        return self.root / "search" / f"round_{round_index}"
+        """``search/round_<r>``; its files are named in :class:`RoundFiles`."""
+        return self.search / f"round_{round_index}"
+
+    def round_files(self, round_index: int) -> "RoundFiles":
+        return RoundFiles(self.round_dir(round_index))
 
     @property
     def best_mixture(self) -> Path:
@@ -122,11 +184,174 @@ class RunDir:
         return self.root / "report"
 
     @property
+    def report_html(self) -> Path:
+        return self.report / "report.html"
+
+    @property
+    def report_markdown(self) -> Path:
+        return self.report / "report.md"
+
+    @property
+    def report_figures(self) -> Path:
+        return self.report / "figures"
+
+    # fidelity
+    @property
     def fidelity(self) -> Path:
         return self.root / "fidelity"
+
+    @property
+    def fidelity_files(self) -> "FidelityFiles":
+        return FidelityFiles(self.fidelity)
 
     # evaluation
     @property
     def eval_tasks(self) -> Path:
         """lm-eval tasks written for this run (shipped tasks with their data; see demix.evaluation)."""
         return self.root / "eval" / "tasks"
+
+
+@dataclass(frozen=True)
+class RoundFiles:
+    """The files of one search round (``search/round_<r>/``)."""
+
+    root: Path
+
+    @property
+    def planned(self) -> Path:
+        """The mixtures planned for the round, written before the first evaluation."""
+        return self.root / "planned.json"
+
+    @property
+    def cv(self) -> Path:
+        """Cross-validation report of the round's predictors."""
+        return self.root / "cv.json"
+
+    @property
+    def predictors(self) -> Path:
+        return self.root / "predictors"
+
+    @property
+    def pool(self) -> Path:
+        """The ranked candidate pool (numpy arrays, no pickled objects)."""
+        return self.root / "pool.npz"
+
+    @property
+    def selection(self) -> Path:
+        """Top-k mean and spread after the round."""
+        return self.root / "selection.json"
+
+    @property
+    def pareto(self) -> Path:
+        return self.root / "pareto.csv"
+
+
+@dataclass(frozen=True)
+class FidelityFiles:
+    """The files of the fidelity stage (``fidelity/``); docs/fidelity.md says what each holds."""
+
+    root: Path
+
+    @property
+    def mixtures(self) -> Path:
+        return self.root / "mixtures.json"
+
+    @property
+    def scores(self) -> Path:
+        return self.root / "scores.json"
+
+    @property
+    def compute(self) -> Path:
+        return self.root / "compute.json"
+
+    @property
+    def audit(self) -> Path:
+        return self.root / "audit.json"
+
+    @property
+    def results(self) -> Path:
+        """``fidelity.json``: reports, baselines, summary, audit warnings."""
+        return self.root / "fidelity.json"
+
+    def report(self, proxy_kind: str) -> Path:
+        """One proxy kind's report: ``<kind>.json``."""
+        return self.root / f"{proxy_kind}.json"
+
+
+# --------------------------------------------------------------------------- token counts
+
+
+def _split_counts(run: RunDir, domains: list[str] | tuple[str, ...], key: str) -> dict[str, int]:
+    counts = {}
+    for d in domains:
+        path = run.split_meta(d)
+        if not path.is_file():
+            raise DemixError(f"no prepared data for domain '{d}' ({path} is missing)", "run `demix prepare` first")
+        try:
+            counts[d] = int(json.loads(path.read_text())[key])
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            raise DemixError(f"cannot read the {key} count in '{path}' ({exc})", "rerun `demix prepare`") from None
+    return counts
+
+
+def read_token_counts(run: RunDir, domains: list[str] | tuple[str, ...]) -> dict[str, int]:
+    """Train-split token counts per domain, from the packed metadata (``data/<domain>/train.meta.json``)."""
+    return _split_counts(run, domains, "tokens")
+
+
+def read_document_counts(run: RunDir, domains: list[str] | tuple[str, ...]) -> dict[str, int] | None:
+    """Train-split document counts per domain, or None when any is unknown (older packs)."""
+    try:
+        return _split_counts(run, domains, "documents")
+    except DemixError:
+        return None
+
+
+# --------------------------------------------------------------------------- timings
+
+
+@dataclass
+class StageTiming:
+    """Wall time of one stage in one invocation."""
+
+    stage: str
+    seconds: float
+    skipped: bool
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class TimingsLog:
+    """One entry of ``<run>/timings.json`` per invocation, rewritten after every stage, so a
+    killed run keeps the times of the stages it finished."""
+
+    def __init__(self, run: RunDir, command: str) -> None:
+        self.path = run.timings
+        for stale in run.root.glob(f".{self.path.name}.*.tmp"):  # left by a SIGKILL during a write
+            stale.unlink(missing_ok=True)
+        self.entries = read_timings(run)
+        self.entry: dict[str, Any] = {
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": command,
+            "finished": False,
+            "total_seconds": 0.0,
+            "stages": [],
+        }
+        self.entries.append(self.entry)
+
+    def add(self, timing: StageTiming) -> None:
+        self.entry["stages"].append(asdict(timing))
+        self.entry["total_seconds"] = round(sum(s["seconds"] for s in self.entry["stages"]), 2)
+        write_json(self.path, self.entries)
+
+    def finish(self) -> None:
+        self.entry["finished"] = True
+        write_json(self.path, self.entries)
+
+
+def read_timings(run: RunDir) -> list[dict[str, Any]]:
+    """Every invocation recorded in ``<run>/timings.json`` (oldest first; empty when none or unreadable)."""
+    try:
+        data = read_json(run.timings) if run.timings.is_file() else []
+    except (OSError, ValueError):
+        return []
+    return data if isinstance(data, list) else []

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from demix.config import RunConfig, TrainConfig
+from demix.config import RunConfig, TrainRecipe
 from demix.errors import DemixError
 from demix.fidelity.metrics import FidelityReport, Statistic, Target, compare, paired_difference
 from demix.mixtures import mixture_key, validate_mixture
@@ -64,7 +64,7 @@ def trained_budgets(config: RunConfig) -> list[int]:
     return sorted(set(config.fidelity.trained_proxy_budgets or [config.train.trained_proxy.tokens]))
 
 
-def trained_recipe(config: RunConfig, tokens: int) -> TrainConfig:
+def trained_recipe(config: RunConfig, tokens: int) -> TrainRecipe:
     """The trained-proxy recipe (``train.trained_proxy``) with the token budget ``tokens``."""
     return config.train.trained_proxy.model_copy(update={"tokens": int(tokens)})
 
@@ -264,7 +264,7 @@ class ModelScorer:
         return Scored(dict(result.benchmarks), dict(result.capabilities), dict(result.higher_is_better), reused=False)
 
     def trained_model(
-        self, mixture: Mapping[str, float], kind: str, out_dir: Path, recipe: TrainConfig, role: str
+        self, mixture: Mapping[str, float], kind: str, out_dir: Path, recipe: TrainRecipe, role: str
     ) -> Scored:
         """Scores of the model trained on ``mixture`` with ``recipe`` (store kind ``kind``):
         the stored row when there is one (nothing trained or evaluated), else train (or reuse a
@@ -342,7 +342,7 @@ class ModelScorer:
         return scored
 
 
-def _recipe_fingerprint(recipe: TrainConfig) -> dict[str, Any]:
+def _recipe_fingerprint(recipe: TrainRecipe) -> dict[str, Any]:
     """What makes two trainings on the same mixture the same model (stored with every row)."""
     return {k: v for k, v in recipe.model_dump(mode="json").items() if k != "save_every_steps"}
 
@@ -615,7 +615,7 @@ def compute_accounting(
         tokens = read_provenance(p).get("tokens_seen") if is_finished(p) else None
         comp_tokens[d] = int(tokens) if tokens else int(config.train.components.tokens)
 
-    def trained_tokens(recipe: TrainConfig) -> int:
+    def trained_tokens(recipe: TrainRecipe) -> int:
         # What training really consumes (training refuses a budget under one step).
         return max(1, training_steps(recipe, config.model.seq_len)) * recipe.batch_size * config.model.seq_len
 

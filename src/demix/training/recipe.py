@@ -27,7 +27,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
 import demix
-from demix.config import RunConfig, TrainConfig
+from demix.config import RunConfig, TrainRecipe
 from demix.errors import DemixError
 from demix.mixtures import validate_mixture
 from demix.packing import PackedTokens, split_prefix
@@ -115,15 +115,15 @@ def component_mixture(config: RunConfig, domain: str) -> dict[str, float]:
     return {general: share, domain: 1.0 - share} if share > 0 else {domain: 1.0}
 
 
-def reference_recipe(config: RunConfig) -> TrainConfig:
+def reference_recipe(config: RunConfig) -> TrainRecipe:
     """``train.reference`` when the config sets it, else the component budget and recipe."""
     if "reference" in config.train.model_fields_set:
         return config.train.reference
     fields = config.train.components.model_dump(exclude={"general_share", "paths"})
-    return TrainConfig(**fields)
+    return TrainRecipe(**fields)
 
 
-def training_steps(recipe: TrainConfig, seq_len: int) -> int:
+def training_steps(recipe: TrainRecipe, seq_len: int) -> int:
     """Optimizer steps a token budget buys: whole steps of ``batch_size x seq_len`` tokens (a
     budget that is not a multiple is rounded down; 3072 tokens at 8 x 256 is one step)."""
     return recipe.tokens // (recipe.batch_size * seq_len)
@@ -143,7 +143,7 @@ def _is_main_process() -> bool:
 class _DemixTrainer(Trainer):
     """Trainer with demix's schedule (warmup + cosine/linear/constant/wsd down to min_lr_ratio)."""
 
-    def __init__(self, *args: Any, recipe: TrainConfig, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, recipe: TrainRecipe, **kwargs: Any) -> None:
         self._recipe = recipe
         super().__init__(*args, **kwargs)
 
@@ -287,7 +287,7 @@ def _train_quietly(
     role: str,
     mixture: Mapping[str, float],
     out_dir: Path,
-    recipe: TrainConfig,
+    recipe: TrainRecipe,
     init: Path | None,
     domain: str | None = None,
     show_progress: bool = True,
@@ -562,7 +562,7 @@ def train_on_mixture(
     run: RunDir,
     mixture: Mapping[str, float],
     out_dir: str | Path,
-    recipe: TrainConfig,
+    recipe: TrainRecipe,
     role: str,
     *,
     show_progress: bool = True,

@@ -1,0 +1,26 @@
+"""Proxy kinds: the ``proxy_kind`` column of the store, one name per kind of scored model.
+
+- ``merged``: a proxy merged from the components (the search's own evaluations);
+- ``reference``: a reference model really trained on the mixture (fidelity's ground truth; not
+  a proxy, but stored beside them);
+- ``trained@<tokens>``: a proxy trained on the mixture with a ``<tokens>`` budget (the
+  RegMix-style baseline of the fidelity stage).
+"""
+
+from __future__ import annotations
+
+MERGED = "merged"
+REFERENCE = "reference"
+_TRAINED_PREFIX = "trained@"
+
+
+def trained(tokens: int) -> str:
+    """The kind of a trained proxy with a ``tokens`` budget: ``trained@<tokens>``."""
+    return f"{_TRAINED_PREFIX}{int(tokens)}"
+
+
+def trained_tokens(kind: str) -> int | None:
+    """The token budget of a ``trained@<tokens>`` kind; None for any other kind."""
+    if kind.startswith(_TRAINED_PREFIX) and kind[len(_TRAINED_PREFIX):].isdigit():
+        return int(kind[len(_TRAINED_PREFIX):])
+    return None
