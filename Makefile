@@ -1,12 +1,13 @@
 # Two entry points do all set-up on a fresh machine:
 #   make demo   -> creates .venv, installs demix, runs the embedded DeMix demo
-#   make test   -> creates .venv (+ .venv-mergekit for the parity tests), installs demix with test extras, runs pytest
+#   make test   -> creates .venv (+ .venv-mergekit for the parity tests), installs demix with test extras,
+#                  runs `make lint` (ruff, mypy), then pytest
 PYTHON ?= python3
 VENV   ?= .venv
 PIP     = $(VENV)/bin/pip
 TORCH   = torch==2.13.0
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo lint test clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +31,12 @@ $(MERGEKIT_VENV)/.installed:
 demo: venv
 	$(VENV)/bin/demix demo
 
-test: venv $(MERGEKIT_VENV)/.installed
+# Lint first: ruff and mypy report in about a minute, before the much longer test suite.
+lint: venv
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy src
+
+test: lint $(MERGEKIT_VENV)/.installed
 	$(VENV)/bin/python -m pytest -q --timeout=900
 
 clean:

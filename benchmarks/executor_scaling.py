@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-
-from tiny_run import build_tiny_run  # noqa: E402
+# The test helpers build the tiny run; tests/ is not installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from demix.executors import LocalExecutor, ProxyScorerFactory  # noqa: E402
 from demix.mixtures import sample_mixtures  # noqa: E402
+from tiny_run import build_tiny_run  # noqa: E402
 
 
 def mixtures(domains, n):

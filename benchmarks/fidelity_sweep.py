@@ -46,6 +46,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
+
+from demix.proxy_kind import MERGED, REFERENCE  # noqa: E402
 from fidelity_vs_compute import fmt_stat  # noqa: E402  (the sibling script: same cell format)
 
 
@@ -64,7 +66,6 @@ def link_tree(src: Path, dst: Path) -> None:
 def prepare_variant(source: Path, root: Path, src_cfg, cfg) -> list[str]:
     """Fill ``root`` from ``source`` with everything the variant leaves unchanged; return what
     it must retrain."""
-    from demix.fidelity.stage import MERGED, REFERENCE
     from demix.training import reference_recipe
 
     if src_cfg.data != cfg.data or src_cfg.tokenizer != cfg.tokenizer:
@@ -100,7 +101,7 @@ def prepare_variant(source: Path, root: Path, src_cfg, cfg) -> list[str]:
         for cond in drop:
             db.execute(f"DELETE FROM evaluations WHERE {cond}")
         # The search's rows belong to the source run's search, not to this sweep.
-        db.execute("DELETE FROM evaluations WHERE proxy_kind = 'merged' AND json_extract(provenance, '$.source') = 'demix search'")
+        db.execute(f"DELETE FROM evaluations WHERE proxy_kind = '{MERGED}' AND json_extract(provenance, '$.source') = 'demix search'")
     return retrain
 
 
@@ -109,7 +110,7 @@ def weights_only_rho(result, domains: list[str], own_domain: dict[str, str]) -> 
     capability named after the domain, or as given by --own-domain)."""
     from scipy.stats import spearmanr
 
-    rep = result.reports["merged"]
+    rep = result.reports[MERGED]
     weights = {m.key: m.weights for m in result.mixtures}
     out = {}
     for name, t in rep.targets.items():
@@ -123,11 +124,12 @@ def weights_only_rho(result, domains: list[str], own_domain: dict[str, str]) -> 
 
 def component_gain(run, domains: list[str]) -> dict[str, float]:
     """Held-out loss (nats/token) each component gained on its own domain over the base."""
+    from demix.checkpoints import is_finished, read_provenance
+
     out = {}
     for d in domains:
-        p = run.component(d) / "demix.json"
-        if p.is_file():
-            h = json.loads(p.read_text()).get("heldout_loss", {}).get(d)
+        if is_finished(run.component(d)):
+            h = read_provenance(run.component(d)).details.get("heldout_loss", {}).get(d)
             if h:
                 out[d] = h["before"] - h["after"]
     return out
@@ -143,6 +145,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from demix.config import load_config, save_config
+    from demix.fidelity.files import read_mixtures
     from demix.fidelity.stage import run_fidelity
     from demix.prepare import prepare
     from demix.rundir import RunDir, write_json
@@ -155,7 +158,7 @@ def main() -> None:
     domains = src_cfg.data.domain_names
     # Every variant is measured on the source's reference mixtures, pinned by value (a variant may
     # add more with fidelity.num_references / fidelity.seed).
-    pinned = [m["weights"] for m in json.loads((source / "fidelity" / "mixtures.json").read_text())["mixtures"]]
+    pinned = [m.weights for m in read_mixtures(RunDir(source).fidelity_files.mixtures)]
     pin = [f"fidelity.mixtures={json.dumps(pinned)}", "fidelity.num_references=0"]
     rows = []
     variants = [("source", [])] + [parse_variant(v) for v in args.variant]
@@ -172,35 +175,44 @@ def main() -> None:
         train_components(cfg, run, show_progress=False)
         result = run_fidelity(cfg, run, progress=False, device="cpu")
         seconds = time.perf_counter() - t0
-        gaps = sorted(g.relative_distance for g in result.audit.gaps)
-        row = {
-            "variant": name,
-            "overrides": overrides,
-            "retrained": retrain,
-            "rescored": cfg.evaluation != src_cfg.evaluation,
-            "seconds": seconds,
-            "trained_now": result.trained_now,
-            "evaluated_now": result.evaluated_now,
-            "n": len(result.mixtures),
-            "reports": {k: {"macro": {m: s.to_dict() for m, s in r.macro.items()},
-                            "per_capability": {t.name: t.spearman.to_dict() for t in r.targets.values() if t.capability}}
-                        for k, r in result.reports.items()},
-            "flops_vs_demix": {r["approach"]: r.get("flops_vs_demix") for r in result.compute.get("rows", [])},
-            "weights_only_rho": weights_only_rho(result, domains, own_domain),
-            "proxy_gap_median": gaps[len(gaps) // 2] if gaps else None,
-            "relative_delta": {d: g["all"].relative for d, g in result.audit.deltas.items()},
-            "component_gain_nats": component_gain(run, domains),
-            "audit_warnings": [w.message for w in result.audit.warnings()],
-            "_result": result,
-        }
+        row = {"variant": name, "overrides": overrides, "retrained": retrain,
+               "rescored": cfg.evaluation != src_cfg.evaluation, "seconds": seconds,
+               **measured(result, run, domains, own_domain)}
         rows.append(row)
         print(f"   {seconds:.0f} s, trained {result.trained_now}, evaluated {result.evaluated_now}, "
-              f"merged macro rho {fmt_stat(result.reports['merged'].macro['spearman'])}", flush=True)
+              f"merged macro rho {fmt_stat(result.reports[MERGED].macro['spearman'])}", flush=True)
 
+    print_tables(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "sweep.json", [{k: v for k, v in r.items() if k != "_result"} for r in rows])
+
+
+def measured(result, run, domains: list[str], own_domain: dict[str, str]) -> dict:
+    """What one variant's fidelity stage found, as a row of ``sweep.json`` (``_result`` is left out there)."""
+    gaps = sorted(g.relative_distance for g in result.audit.gaps)
+    return {
+        "trained_now": result.trained_now,
+        "evaluated_now": result.evaluated_now,
+        "n": len(result.mixtures),
+        "reports": {k: {"macro": {m: s.to_dict() for m, s in r.macro.items()},
+                        "per_capability": {t.name: t.spearman.to_dict() for t in r.targets.values() if t.capability}}
+                    for k, r in result.reports.items()},
+        "flops_vs_demix": {r["approach"]: r.get("flops_vs_demix") for r in result.compute.get("rows", [])},
+        "weights_only_rho": weights_only_rho(result, domains, own_domain),
+        "proxy_gap_median": gaps[len(gaps) // 2] if gaps else None,
+        "relative_delta": {d: g["all"].relative for d, g in result.audit.deltas.items()},
+        "component_gain_nats": component_gain(run, domains),
+        "audit_warnings": [w.message for w in result.audit.warnings()],
+        "_result": result,
+    }
+
+
+def print_tables(rows: list[dict]) -> None:
+    """One row per variant (merged and trained proxies' macro rho, audit), then rho per capability."""
     print()
     print(f"Fidelity of merged proxies against the reference models, one knob at a time (n = {rows[0]['n']} "
           "mixtures, 95% bootstrap CI)")
-    budgets = [k for k in rows[0]["_result"].reports if k != "merged"]
+    budgets = [k for k in rows[0]["_result"].reports if k != MERGED]
     head = ("| variant | overrides | retrained | merged macro rho [CI] | top-25% rho | CRR | "
             + " | ".join(f"{b} rho; merged rho - this [paired CI]" for b in budgets)
             + " | rel. delta (mean) | proxy gap (median) | own-domain gain (nats, mean) |")
@@ -208,7 +220,7 @@ def main() -> None:
     print("|" + "---|" * (head.count("|") - 1))
     for r in rows:
         res = r["_result"]
-        m = res.reports["merged"].macro
+        m = res.reports[MERGED].macro
         trained = " | ".join(
             f"{fmt_stat(res.reports[b].macro['spearman'])}; merged-this {fmt_stat(res.differences[b])}" if b in res.reports else "-"
             for b in budgets
@@ -226,7 +238,7 @@ def main() -> None:
     for r in rows:
         res = r["_result"]
         for kind, rep in res.reports.items():
-            if kind != "merged" and r["variant"] != "source" and not r["rescored"] and "references" not in r["retrained"] \
+            if kind != MERGED and r["variant"] != "source" and not r["rescored"] and "references" not in r["retrained"] \
                     and "trained proxies" not in r["retrained"]:
                 continue  # the same trained proxies and scores as the source row
             caps = [t for t in rep.targets.values() if t.capability]
@@ -234,8 +246,6 @@ def main() -> None:
         w = r["weights_only_rho"]
         if w:
             print(f"| {r['variant']} | weights only (no model) | " + ", ".join(f"{c} {v:+.2f}" for c, v in w.items()) + " |")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "sweep.json", [{k: v for k, v in r.items() if k != "_result"} for r in rows])
 
 
 if __name__ == "__main__":

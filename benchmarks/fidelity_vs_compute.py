@@ -52,14 +52,66 @@ def main() -> None:
     ap.add_argument("-s", "--set", dest="overrides", action="append", default=[], help="extra config override")
     args = ap.parse_args()
 
+    from demix.fidelity.models import EvaluatedModels
+    from demix.fidelity.stage import run_fidelity
+    from demix.mixtures import mixture_key, prior_weights
+    from demix.prepare import prepare
+    from demix.rundir import read_token_counts, write_json
+    from demix.training import train_base, train_components
+
+    config, run, overrides = setup(args)
+    timings: dict[str, float] = {}
+
+    def phase(name: str, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        timings[name] = time.perf_counter() - t0
+        print(f"[{name}: {timings[name]:.0f} s]", flush=True)
+        return out
+
+    phase("prepare", lambda: prepare(config, run, progress=False))
+    phase("base", lambda: train_base(config, run, show_progress=False))
+    phase("components", lambda: train_components(config, run, show_progress=False))
+    domains = config.data.domain_names
+    token_counts = read_token_counts(run, domains)
+    best = phase("search", lambda: search(config, run, token_counts))
+
+    def on_event(kind, key, action):
+        print(f"  {kind:<16} {key} {action}", flush=True)
+
+    result = phase("fidelity", lambda: run_fidelity(config, run, progress=False, device="cpu", on_event=on_event))
+
+    # The chosen mixture against the search's baseline mixtures: uniform and natural (token-proportional).
+    finals = {"chosen": dict(best["weights"])}
+    for name, kind in (("uniform", "uniform"), ("natural", "tokens")):
+        finals[name] = {d: float(x) for d, x in zip(domains, prior_weights(domains, kind, token_counts))}
+
+    def train_finals():
+        with EvaluatedModels(config, run, device="cpu", progress=False, on_event=on_event) as models:
+            return {name: models.reference(m) for name, m in finals.items()}
+
+    final_scores = phase("final models", train_finals)
+
+    print_fidelity(result, config)
+    print_audit(result)
+    rank_obj, mean_obj = print_finals(config, run, finals, final_scores)
+    print_targets(result, rank_obj, mean_obj)
+    print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    write_json(run.fidelity / "benchmark.json", {
+        "overrides": overrides,
+        "timings_s": timings,
+        "finals": {n: {"weights": finals[n], "key": mixture_key(finals[n]), "benchmarks": final_scores[n].benchmarks,
+                       "capabilities": final_scores[n].capabilities, "mean_capability": float(mean_obj[i]),
+                       "rank_mean": float(rank_obj[i])} for i, n in enumerate(finals)},
+        "summary": [row.to_dict() for row in result.summary],
+    })
+
+
+def setup(args):
+    """(config, run directory, overrides) of the demo preset with this benchmark's overrides."""
     from demix.config import save_config
     from demix.configs import load_preset
-    from demix.fidelity.stage import ModelScorer, run_fidelity
-    from demix.mixtures import mixture_key
-    from demix.prepare import prepare
-    from demix.rundir import RunDir, read_json, write_json
-    from demix.search import read_token_counts, reference_mixtures, run_search
-    from demix.training import train_base, train_components
+    from demix.rundir import RunDir
 
     overrides = [
         f"output_dir={args.out}",
@@ -79,73 +131,47 @@ def main() -> None:
           f"base {t.base.tokens:,} tok, components {t.components.tokens:,} tok (general share "
           f"{t.components.general_share}, lr {t.components.lr}), references {t.reference.tokens:,} tok (lr {t.reference.lr}), "
           f"search rounds {config.search.rounds}, held-out tokens/domain {config.evaluation.heldout_tokens:,}")
-    timings: dict[str, float] = {}
+    return config, run, overrides
 
-    def phase(name: str, fn):
-        t0 = time.perf_counter()
-        out = fn()
-        timings[name] = time.perf_counter() - t0
-        print(f"[{name}: {timings[name]:.0f} s]", flush=True)
-        return out
 
-    phase("prepare", lambda: prepare(config, run, progress=False))
-    phase("base", lambda: train_base(config, run, show_progress=False))
-    phase("components", lambda: train_components(config, run, show_progress=False))
-    domains = config.data.domain_names
-    token_counts = read_token_counts(run, domains)
+def search(config, run, token_counts) -> dict:
+    """The chosen mixture (``best_mixture.json``), searching for it when the run has none."""
+    from demix.rundir import read_json
+    from demix.search import run_search
 
-    def search():
-        if run.best_mixture.is_file():
-            return read_json(run.best_mixture)
-        from demix.evaluation import Evaluator
-        from demix.merging import ProxyBuilder
+    if run.best_mixture.is_file():
+        return read_json(run.best_mixture)
+    from demix.evaluation import Evaluator
+    from demix.merging import ProxyBuilder
 
-        builder = ProxyBuilder.from_run(config, run, "cpu")
-        evaluator = Evaluator.from_run(config, run, "cpu")
+    builder = ProxyBuilder.from_run(config, run, "cpu")
+    evaluator = Evaluator.from_run(config, run, "cpu")
 
-        def scorer(m):
-            builder.build(m)
-            return evaluator.evaluate(builder.model)
+    def scorer(m):
+        builder.build(m)
+        return evaluator.evaluate(builder.model)
 
-        return run_search(config, run, scorer, token_counts, progress=False).best
+    return run_search(config, run, scorer, token_counts, progress=False).best
 
-    best = phase("search", search)
-    events: list[tuple[str, str, str]] = []
 
-    def on_event(kind, key, action):
-        events.append((kind, key, action))
-        print(f"  {kind:<16} {key} {action}", flush=True)
+def print_fidelity(result, config) -> None:
+    """One row per proxy kind and no-model baseline: compute of a search and macro statistics."""
+    from demix.fidelity.compute import approach_of
+    from demix.proxy_kind import MERGED
 
-    result = phase("fidelity", lambda: run_fidelity(config, run, progress=False, device="cpu", on_event=on_event))
-
-    # ---------------------------------------------------------------- final models
-    finals = {"chosen": dict(best["weights"])}
-    for name, w in reference_mixtures(domains, token_counts).items():
-        finals[name] = {d: float(x) for d, x in zip(domains, w)}
-
-    def train_finals():
-        scorer = ModelScorer(config, run, device="cpu", progress=False, on_event=on_event)
-        try:
-            return {name: scorer.reference(m) for name, m in finals.items()}
-        finally:
-            scorer.close()
-
-    final_scores = phase("final models", train_finals)
-
-    # ---------------------------------------------------------------- tables
     print()
     print(f"Fidelity against {len(result.mixtures)} reference models "
           f"({config.fidelity.confidence:.0%} bootstrap CI, {config.fidelity.bootstrap} resamples); "
           f"compute = one search of {result.compute['search_proxies']} proxies")
     caps = [n for n, tf in next(iter(result.reports.values())).targets.items() if tf.capability]
-    head = f"| proxies | train tok/search | FLOPs/search | vs DeMix | macro rho [CI] | merged - this [paired CI] | macro tau | top-25% rho | macro CRR | " + \
-        " | ".join(f"rho {c}" for c in caps) + " |"
+    head = ("| proxies | train tok/search | FLOPs/search | vs DeMix | macro rho [CI] | merged - this [paired CI] | "
+            "macro tau | top-25% rho | macro CRR | " + " | ".join(f"rho {c}" for c in caps) + " |")
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     budgets = {b["approach"]: b for b in result.compute["budgets"]}
-    demix_flops = budgets["demix"]["flops"]
+    demix_flops = budgets[approach_of(MERGED)]["flops"]
     for kind, rep in result.reports.items():
-        b = budgets["demix" if kind == "merged" else kind]
+        b = budgets[approach_of(kind)]
         m = rep.macro
         diff = fmt_stat(result.differences[kind]) if kind in result.differences else "-"
         print(f"| {kind} | {b['train_tokens']:,} | {b['flops']:.3g} | {b['flops'] / demix_flops:.2f}x | "
@@ -159,6 +185,8 @@ def main() -> None:
     print(f"(n = {len(result.mixtures)} mixtures; top-25% rho rests on "
           f"{next(iter(result.reports.values())).macro['top_spearman'].n} points; CRR on 2**-bits-per-byte)")
 
+
+def print_audit(result) -> None:
     print()
     print("Audit warnings:" if result.audit.warnings() else "Audit: no warnings")
     for w in result.audit.warnings():
@@ -170,23 +198,27 @@ def main() -> None:
     print("relative delta ||delta|| / ||base|| (all tensors): " + ", ".join(
         f"{d} {g['all'].relative:.3f}" for d, g in result.audit.deltas.items()))
 
-    # Composite objective of the final models: the search's rank_mean (mean over capabilities of
-    # the percentile rank among every reference-recipe model trained in this run) and the
-    # equal-weight mean of capability scores.
+
+def print_finals(config, run, finals, final_scores):
+    """The final models' table; returns their composite objectives (rank-mean, mean capability).
+
+    Rank-mean is the search's objective: the mean over capabilities of the percentile rank among
+    every reference-recipe model trained in this run; the other is the equal-weight mean of
+    capability scores."""
+    import numpy as np
+
+    from demix.evaluation import resolve_benchmarks, resolve_capabilities
+    from demix.mixtures import mixture_key
+    from demix.objectives import objective_values
+    from demix.proxy_kind import REFERENCE
     from demix.store import Store
 
     final_keys = {mixture_key(m) for m in finals.values()}
     with Store(config.store.url or run.store_url) as store:
         # The other reference-recipe models (the finals are stored as reference rows too).
-        pool = [e for e in store.evaluations_done("reference") if e.mixture_key not in final_keys]
-    from demix.evaluation import resolve_benchmarks, resolve_capabilities
-
+        pool = [e for e in store.evaluations_done(REFERENCE) if e.mixture_key not in final_keys]
     bench_order = resolve_benchmarks(config)
     caps_all = [c.name for c in resolve_capabilities(config, bench_order)]
-    import numpy as np
-
-    from demix.objectives import objective_values
-
     pool_scores = np.array([[e.capabilities[c] for c in caps_all] for e in pool])
     final_rows = np.array([[final_scores[n].capabilities[c] for c in caps_all] for n in finals])
     both = np.vstack([pool_scores, final_rows])
@@ -205,9 +237,18 @@ def main() -> None:
         print(f"| {name} | {weights} | " + " | ".join(f"{s.benchmarks[b]:.4f}" for b in bench)
               + f" | {mean_obj[i]:+.4f} | {rank_obj[i]:.3f} |")
     print(f"(rank-mean: mean over capabilities of the percentile rank among all {len(both)} reference-recipe models)")
+    return rank_obj, mean_obj
 
-    merged = result.reports["merged"].macro["spearman"]
-    trained = {k: r.macro["spearman"] for k, r in result.reports.items() if k != "merged"}
+
+def print_targets(result, rank_obj, mean_obj) -> None:
+    """Issue 7's targets, met or not."""
+    from demix.fidelity.compute import approach_of
+    from demix.proxy_kind import MERGED
+
+    budgets = {b["approach"]: b for b in result.compute["budgets"]}
+    demix_flops = budgets[approach_of(MERGED)]["flops"]
+    merged = result.reports[MERGED].macro["spearman"]
+    trained = {k: r.macro["spearman"] for k, r in result.reports.items() if k != MERGED}
     # Ahead = the paired interval of (merged rho - trained rho) lies above 0; tied = it contains 0.
     costly = [k for k, v in trained.items() if budgets[k]["flops"] >= demix_flops and v.defined]
     ahead = bool(costly) and all(result.differences[k].ci_low > 0 for k in costly)
@@ -221,15 +262,6 @@ def main() -> None:
           f"chosen no worse than natural and uniform: on the search's objective "
           f"(rank-mean): {'MET' if rank_ok else 'NOT MET'}, on the mean capability score: "
           f"{'MET' if mean_ok else 'NOT MET'}")
-    print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
-    write_json(run.fidelity / "benchmark.json", {
-        "overrides": overrides,
-        "timings_s": timings,
-        "finals": {n: {"weights": finals[n], "key": mixture_key(finals[n]), "benchmarks": final_scores[n].benchmarks,
-                       "capabilities": final_scores[n].capabilities, "mean_capability": float(mean_obj[i]),
-                       "rank_mean": float(rank_obj[i])} for i, n in enumerate(finals)},
-        "summary": result.summary,
-    })
 
 
 if __name__ == "__main__":

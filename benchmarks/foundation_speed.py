@@ -95,8 +95,9 @@ def main() -> None:
         result = fn()
         wall = time.perf_counter() - t0
         p = result.provenance
-        held = (p.get("heldout_loss") or {}).get(domain, {})
-        rows.append((name, wall, p["tokens_seen"], p["tokens_per_second"], held.get("before"), held.get("after"), bare))
+        held = (p.details.get("heldout_loss") or {}).get(domain, {})
+        tokens_per_second = p.details.get("tokens_per_second")
+        rows.append((name, wall, p.tokens_seen, tokens_per_second, held.get("before"), held.get("after"), bare))
     total = time.perf_counter() - t_all
 
     def f(x, fmt):

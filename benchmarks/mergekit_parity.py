@@ -17,7 +17,8 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The test helpers build the checkpoints; tests/ is not installed (benchmarks/, the script's
+# directory, is already first on sys.path).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from _mergekit_venv import ensure_mergekit_venv  # noqa: E402
@@ -29,9 +30,8 @@ def main() -> None:
     py = ensure_mergekit_venv()
     if py is None:
         sys.exit("mergekit venv unavailable")
-    from merging.conftest import make_family
-
     from demix.merging.parity import compare_with_mergekit
+    from merging.conftest import make_family
 
     mixture = {"general": 0.5, "math": 0.3, "code": 0.2}
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,13 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from search_fixtures import TOKENS, make_config, synthetic_result  # noqa: E402
-
-from demix.mixtures import mixture_key  # noqa: E402
-from demix.rundir import RunDir  # noqa: E402
-from demix.search import run_search  # noqa: E402
+from demix.mixtures import mixture_key
+from demix.rundir import RunDir
+from demix.search import run_search
+from search_fixtures import TOKENS, make_config, synthetic_result  # tests/, the script's directory, is first on sys.path
 
 run_dir, url, calls_file, sleep, go = sys.argv[1], sys.argv[2], Path(sys.argv[3]), float(sys.argv[4]), Path(sys.argv[5])
 
@@ -38,5 +35,5 @@ config = config.model_copy(update={"store": config.store.model_copy(update={"url
 (Path(run_dir) / f"ready.{os.getpid()}").write_text("")
 while not go.exists():
     time.sleep(0.05)
-result = run_search(config, RunDir(run_dir), scorer, TOKENS, progress=False)
+result = run_search(config, RunDir(run_dir), scorer, TOKENS)
 print(json.dumps({"weights": result.weights, "evaluated_now": result.evaluated_now}))

@@ -11,13 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from search_fixtures import make_config, synthetic_result  # noqa: E402
-
-from demix.mixtures import mixture_key  # noqa: E402
-from demix.rundir import RunDir  # noqa: E402
-from demix.search import run_search  # noqa: E402
+from demix.mixtures import mixture_key
+from demix.rundir import RunDir
+from demix.search import run_search
+from search_fixtures import make_config, synthetic_result  # tests/, the script's directory, is first on sys.path
 
 run_dir, calls_file, sleep = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
 
@@ -32,5 +29,5 @@ def scorer(mixture):
 
 
 config = make_config(run_dir, rounds=[8, 4])
-run_search(config, RunDir(run_dir), scorer, {"general": 600, "math": 200, "code": 200}, progress=False)
+run_search(config, RunDir(run_dir), scorer, {"general": 600, "math": 200, "code": 200})
 print("done")

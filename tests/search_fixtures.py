@@ -39,3 +39,18 @@ def make_config(run_dir, rounds=(16, 8), **search):
 
 def distance(weights, target=OPTIMUM):
     return float(np.abs(np.array([weights[d] - target[d] for d in DOMAINS])).sum())
+
+
+def golden_search(run_dir):
+    """The search behind ``tests/golden/best_mixture_search.json`` (written by demix before the
+    search became a package): noise-free scorer, document counts on disk, a constraint on natural.
+    Returns (config, run, token counts); run it with ``run_search(config, run, synthetic_result, tokens)``."""
+    import json
+
+    from demix.rundir import RunDir
+
+    run = RunDir(run_dir)
+    for d, n in TOKENS.items():
+        run.split_meta(d).parent.mkdir(parents=True, exist_ok=True)
+        run.split_meta(d).write_text(json.dumps({"tokens": n, "documents": n // 10}))
+    return make_config(run_dir, rounds=(12, 6), constraints=["math >= natural"]), run, TOKENS

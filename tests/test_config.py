@@ -52,3 +52,19 @@ def test_commented_example_is_a_valid_config():
     text = commented_example()
     assert "# Peak learning rate." in text
     assert config_from_dict(yaml.safe_load(text)) == load_preset("demo")
+
+
+def test_global_seed_seeds_every_section_seed_that_is_not_set():
+    cfg = config_from_dict({**MINI, "seed": 7, "search": {"seed": 3}, "train": {"base": {"seed": 1}}})
+    assert cfg.search.seed == 3 and cfg.train.base.seed == 1  # set in the config: kept
+    unset = [cfg.data, cfg.train.components, cfg.train.reference, cfg.train.trained_proxy, cfg.evaluation, cfg.fidelity]
+    assert [s.seed for s in unset] == [7] * len(unset)
+    # The resolved config states every seed, so reloading it under another global seed changes none.
+    again = config_from_dict({**yaml.safe_load(dump_config(cfg)), "seed": 0})
+    assert again.train.components.seed == 7 and again.search.seed == 3
+    assert config_from_dict(MINI).train.components.seed == 0
+
+
+def test_trained_proxy_default_keeps_its_budget_when_seeded():
+    cfg = config_from_dict({**MINI, "seed": 2})
+    assert cfg.train.trained_proxy.tokens == 200_000 and cfg.train.trained_proxy.seed == 2

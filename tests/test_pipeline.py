@@ -170,8 +170,7 @@ def test_search_of_retrained_components_is_not_complete(tmp_path):
     import numpy as np
 
     from demix.errors import DemixError
-    from demix.pipeline import search_is_complete
-    from demix.search import run_search
+    from demix.search import run_search, search_is_complete
     from tests.search_fixtures import TOKENS, make_config, synthetic_result
 
     config = make_config(tmp_path / "run", rounds=(6,), pool_size=500, top_k=20)
@@ -179,13 +178,13 @@ def test_search_of_retrained_components_is_not_complete(tmp_path):
     run.base.mkdir(parents=True)
     (run.base / "model.safetensors").write_bytes(b"weights")
     rng = np.random.default_rng(0)
-    run_search(config, run, lambda m: synthetic_result(m, 0.01, rng), TOKENS, progress=False)
+    run_search(config, run, lambda m: synthetic_result(m, 0.01, rng), TOKENS)
     assert read_json(run.best_mixture)["components"]
     assert search_is_complete(config, run)
     (run.base / "model.safetensors").write_bytes(b"retrained weights")
     assert not search_is_complete(config, run)
     with pytest.raises(DemixError) as exc:
-        run_search(config, run, lambda m: synthetic_result(m, 0.01, rng), TOKENS, progress=False)
+        run_search(config, run, lambda m: synthetic_result(m, 0.01, rng), TOKENS)
     assert "other components" in exc.value.what
 
 
@@ -194,8 +193,8 @@ def test_search_is_complete_only_for_the_same_search_plan(tmp_path):
     import numpy as np
 
     from demix.config import config_from_dict, save_config
-    from demix.pipeline import search_is_complete, summary_table
-    from demix.search import run_search
+    from demix.cli.run import comparison_table
+    from demix.search import BestMixture, run_search, search_is_complete
     from tests.search_fixtures import TOKENS, make_config, synthetic_result
 
     config = make_config(tmp_path / "run", rounds=(8, 4), pool_size=1000, top_k=40)
@@ -203,7 +202,7 @@ def test_search_is_complete_only_for_the_same_search_plan(tmp_path):
     save_config(config, run.config)
     assert not search_is_complete(config, run)
     rng = np.random.default_rng(0)
-    run_search(config, run, lambda m: synthetic_result(m, 0.01, rng), TOKENS, progress=False)
+    run_search(config, run, lambda m: synthetic_result(m, 0.01, rng), TOKENS)
     assert search_is_complete(config, run)
     for override in ("search.rounds=[8, 4, 2]", "search.pool_size=2000", "search.objective=weighted",
                      "search.constraints=['math >= natural']"):
@@ -218,9 +217,9 @@ def test_search_is_complete_only_for_the_same_search_plan(tmp_path):
     best = read_json(run.round_dir(1) / "selection.json")
     assert best["evaluations"] == 12
     console = Console(width=160, record=True)
-    result = run_search(config, run, lambda m: synthetic_result(m, 0.01, rng), TOKENS, progress=False)
+    result = run_search(config, run, lambda m: synthetic_result(m, 0.01, rng), TOKENS)
     assert result.evaluated_now == 0 and search_is_complete(config, run)  # resumed from the store
-    console.print(summary_table(read_json(run.best_mixture)))
+    console.print(comparison_table(BestMixture.read(run.best_mixture)))
     text = console.export_text()
     for word in ("chosen", "natural", "uniform", "weight general", "predicted math", "CV RMSE", "(12)"):
         assert word in text, word

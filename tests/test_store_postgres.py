@@ -18,13 +18,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from _postgres import PostgresServer, find_bin_dir  # noqa: E402
-
-from demix.errors import DemixError  # noqa: E402
-from demix.mixtures import mixture_key  # noqa: E402
-from demix.store import Store  # noqa: E402
+from _postgres import PostgresServer, find_bin_dir
+from demix.errors import DemixError
+from demix.mixtures import mixture_key
+from demix.store import Store
 
 pytest.importorskip("psycopg", reason="the postgres extra (psycopg) is not installed: pip install 'demix-llm[postgres]'")
 

@@ -1,22 +1,21 @@
 """A complete tiny run directory for tests that need the whole evaluation path (search with
 real merged proxies, executors): tokenizer, packed train/held-out data for three domains, a
-random base and three components (base + small deltas). Built from the evaluation tests'
-helpers; nothing is downloaded or mocked.
+random base and three components (base + small deltas). Built from the helpers package, as the
+evaluation tests' run; nothing is downloaded or mocked.
 
     config, run = build_tiny_run(root, rounds=[6, 3])
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).parent))
+from helpers.models import save_perturbed_copies, tiny_llama
+from helpers.tiny_data import DOMAINS, write_tiny_data
 
-from evaluation.conftest import DOMAINS, domain_documents, pack, tiny_llama, train_tokenizer  # noqa: E402
 
-
-def build_tiny_run(root: Path, rounds=(6, 3), delta_scale: float = 0.05, **sections):
+def build_tiny_run(root: Path, rounds=(6, 3), delta_scale: float = 0.05, **sections: Any):
     """Write the run under ``root``; returns (RunConfig, RunDir). ``sections`` override config
     sections (e.g. ``executor={"kind": "ray"}``)."""
     import torch
@@ -25,21 +24,16 @@ def build_tiny_run(root: Path, rounds=(6, 3), delta_scale: float = 0.05, **secti
     from demix.rundir import RunDir
 
     run = RunDir(root)
-    texts = {d: domain_documents(d, 40, seed=0) for d in DOMAINS}
-    tokenizer = train_tokenizer([t for docs in texts.values() for t in docs])
-    tokenizer.save_pretrained(str(run.tokenizer))
-    for d in DOMAINS:
-        pack(run.data / d / "heldout", tokenizer, domain_documents(d, 12, seed=1))
-        pack(run.data / d / "train", tokenizer, texts[d])
+    tokenizer, _ = write_tiny_data(run)
     base = tiny_llama(len(tokenizer))
     base.save_pretrained(run.base)
-    start = {k: v.clone() for k, v in base.state_dict().items()}
-    for i, d in enumerate(DOMAINS):
-        gen = torch.Generator().manual_seed(100 + i)
-        with torch.no_grad():
-            for name, p in base.named_parameters():
-                p.copy_(start[name] + delta_scale * p.abs().mean() * torch.randn(p.shape, generator=gen))
-        base.save_pretrained(run.component(d))
+
+    def perturb(current: torch.Tensor, start: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        # The delta scales with the mean magnitude of what the parameter holds now, which from
+        # the second component on is the previous component's weights.
+        return start + delta_scale * current.abs().mean() * torch.randn(current.shape, generator=gen)
+
+    save_perturbed_copies(base, {d: run.component(d) for d in DOMAINS}, perturb)
     data = {
         "output_dir": str(root),
         "data": {"domains": [{"name": d, "source": f"builtin:{d}"} for d in DOMAINS]},

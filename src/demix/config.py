@@ -481,7 +481,9 @@ class RunConfig(StrictModel):
     """Run directory: everything the run writes goes here; re-running resumes it."""
 
     seed: int = 0
-    """Global seed."""
+    """Global seed: the default of every section seed that is not set (data.seed, the train.*
+    recipes' seeds, evaluation.seed, search.seed, fidelity.seed). A section seed given in the
+    config wins."""
 
     data: DataConfig
     """Domains and splits."""
@@ -512,6 +514,19 @@ class RunConfig(StrictModel):
 
     store: StoreConfig = Field(default_factory=StoreConfig)
     """The results database."""
+
+    @model_validator(mode="after")
+    def _seed_sections(self) -> RunConfig:
+        # The resolved config (saved into the run) then states every seed explicitly, so a
+        # reloaded config.yaml reproduces the run whatever the global seed says.
+        for section in self._seeded_sections():
+            if "seed" not in section.model_fields_set:
+                section.seed = self.seed
+        return self
+
+    def _seeded_sections(self) -> list[Any]:
+        t = self.train
+        return [self.data, t.base, t.components, t.reference, t.trained_proxy, self.evaluation, self.search, self.fidelity]
 
     @property
     def run_dir(self) -> Path:

@@ -23,11 +23,12 @@ from typing import Any, ClassVar
 import yaml
 
 from demix.errors import DemixError
+from demix.search.files import BestMixture
 
-_REGISTRY: dict[str, type["Exporter"]] = {}
+_REGISTRY: dict[str, type[Exporter]] = {}
 
 
-def register(cls: type["Exporter"]) -> type["Exporter"]:
+def register(cls: type[Exporter]) -> type[Exporter]:
     """Class decorator: make an exporter available by its ``name``."""
     _REGISTRY[cls.name] = cls
     return cls
@@ -38,28 +39,22 @@ def exporter_names() -> list[str]:
     return list(_REGISTRY)
 
 
-def get_exporter(name: str) -> "Exporter":
+def get_exporter(name: str) -> Exporter:
     """The exporter called ``name``; DemixError for an unknown one."""
     if name not in _REGISTRY:
         raise DemixError(f"unknown export format '{name}'", f"choose one of {', '.join(_REGISTRY)}")
     return _REGISTRY[name]()
 
 
-def load_best_mixture(path: Path) -> dict[str, Any]:
-    """Read and check a ``best_mixture.json`` (weights are non-negative token shares summing to 1)."""
+def load_best_mixture(path: str | Path) -> BestMixture:
+    """Read a ``best_mixture.json`` (or a run directory's) and check its weights: non-negative
+    token shares summing to 1."""
     from demix.mixtures import validate_mixture
+    from demix.rundir import RunDir
 
     path = Path(path)
-    if path.is_dir():
-        path = path / "best_mixture.json"
-    if not path.is_file():
-        raise DemixError(f"'{path}' does not exist", "run `demix search` first (it writes best_mixture.json)")
-    try:
-        best = json.loads(path.read_text())
-        weights = best["weights"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DemixError(f"'{path}' is not a best_mixture.json ({exc})", "rerun `demix search` to write it again") from None
-    best["weights"] = validate_mixture(weights, list(weights))
+    best = BestMixture.read(RunDir(path).best_mixture if path.is_dir() else path)
+    best.weights = validate_mixture(best.weights, list(best.weights))
     return best
 
 
@@ -84,13 +79,13 @@ class Exporter:
     suffix: ClassVar[str]
     description: ClassVar[str]
 
-    def render(self, best: Mapping[str, Any], prefixes: Mapping[str, str]) -> str:  # pragma: no cover - abstract
+    def render(self, best: BestMixture, prefixes: Mapping[str, str]) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
 
     @staticmethod
-    def _items(best: Mapping[str, Any], prefixes: Mapping[str, str], keep_zero: bool = False) -> list[tuple[str, float, str]]:
+    def _items(best: BestMixture, prefixes: Mapping[str, str], keep_zero: bool = False) -> list[tuple[str, float, str]]:
         # Domains with weight 0 are left out: several trainers reject zero weights.
-        return [(d, float(w), prefixes.get(d, d)) for d, w in best["weights"].items() if keep_zero or w > 0]
+        return [(d, float(w), prefixes.get(d, d)) for d, w in best.weights.items() if keep_zero or w > 0]
 
 
 def _num(x: float) -> float:
@@ -162,7 +157,7 @@ class OlmoCoreExporter(Exporter):
     description = "OLMo-core source mixture: source_configs with target_ratio and max_repetition_ratio"
 
     def render(self, best, prefixes):
-        epochs = best.get("epochs") or {}
+        epochs = best.epochs or {}
         sources = []
         items = self._items(best, prefixes)
         # OLMo-core checks that target ratios sum to exactly 1.0 (float ==): the largest ratio
@@ -179,8 +174,8 @@ class OlmoCoreExporter(Exporter):
             rep = max(1.0, float(epochs.get(d) or 1.0))
             sources.append({"source_name": d, "target_ratio": ratio, "paths": [p], "max_repetition_ratio": _num(rep * 1.0001)})
         mix: dict[str, Any] = {"source_configs": sources}
-        if best.get("target_tokens"):
-            mix["requested_tokens"] = int(best["target_tokens"])
+        if best.target_tokens:
+            mix["requested_tokens"] = int(best.target_tokens)
         return yaml.safe_dump({"source_mixture_config": mix}, sort_keys=False)
 
 
@@ -192,7 +187,7 @@ class HfDatasetsExporter(Exporter):
     description = "`datasets.interleave_datasets(probabilities=...)`, token shares converted with the mean document length"
 
     def render(self, best, prefixes):
-        mean_len = best.get("mean_document_tokens")
+        mean_len = best.mean_document_tokens
         if not mean_len:
             raise DemixError(
                 "best_mixture.json has no mean_document_tokens, needed to turn token shares into document probabilities",
@@ -226,8 +221,8 @@ class MosaicExporter(Exporter):
         return yaml.safe_dump({"train_loader": {"dataset": {"streams": streams}}}, sort_keys=False)
 
 
-def export(best_path: Path, fmt: str, prefixes: list[str] | None = None) -> str:
+def export(best_path: str | Path, fmt: str, prefixes: list[str] | None = None) -> str:
     """Render ``best_mixture.json`` (a file or a run directory) in format ``fmt``."""
     best = load_best_mixture(best_path)
     exporter = get_exporter(fmt)
-    return exporter.render(best, parse_prefixes(prefixes, list(best["weights"])))
+    return exporter.render(best, parse_prefixes(prefixes, best.domains))

@@ -6,20 +6,17 @@ import json
 import os
 import shutil
 import signal
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1]))
-
-from tiny_run import build_tiny_run  # noqa: E402
-
-from demix.errors import DemixError  # noqa: E402
-from demix.executors import LocalExecutor, ProxyScorerFactory, evaluate_planned, make_executor  # noqa: E402
-from demix.mixtures import mixture_key  # noqa: E402
-from demix.search import read_token_counts, run_search  # noqa: E402
-from demix.store import Store  # noqa: E402
+from demix.errors import DemixError
+from demix.executors import LocalExecutor, ProxyScorerFactory, evaluate_planned, make_executor
+from demix.mixtures import mixture_key
+from demix.rundir import read_token_counts
+from demix.search import run_search, search
+from demix.store import Store
+from tiny_run import build_tiny_run
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'demix-llm[ray]'")
 
@@ -75,11 +72,17 @@ def suicidal(inner, victim: str, marker: str):
 
 @pytest.fixture(scope="module")
 def local_result(tiny, tmp_path_factory):
+    """The search of the tiny run on the local executor (executor.kind: local), as `demix search` runs it."""
     config, run = copy_run(tiny, tmp_path_factory.mktemp("local") / "run")
-    with make_executor(config, run) as ex:
-        assert isinstance(ex, LocalExecutor)
-        result = run_search(config, run, None, read_token_counts(run, config.data.domain_names), progress=False, executor=ex)
-    return config, run, result
+    return config, run, search(config, run)
+
+
+def test_a_resumed_local_search_loads_no_model(local_result):
+    config, run, result = local_result
+    assert result.evaluated_now == result.evaluations == 9 and result.setup_seconds > 0
+    again = search(config, run)
+    assert again.evaluated_now == 0 and again.setup_seconds == 0.0  # every evaluation was in the store
+    assert again.weights == pytest.approx(result.weights)
 
 
 def test_ray_gives_the_local_store_and_a_killed_actor_loses_nothing(tiny, local_result, cluster, tmp_path):
@@ -92,7 +95,7 @@ def test_ray_gives_the_local_store_and_a_killed_actor_loses_nothing(tiny, local_
     factory = suicidal(ProxyScorerFactory.from_run(config, run, "cpu"), victim, str(marker))
     with RayExecutor(factory, num_workers=2, num_cpus=1, max_restarts=2) as ex:
         pids_before = ex.worker_pids()
-        result = run_search(config, run, None, read_token_counts(run, config.data.domain_names), progress=False, executor=ex)
+        result = run_search(config, run, None, read_token_counts(run, config.data.domain_names), executor=ex)
         pids_after = ex.worker_pids()
         assert ex.requeued >= 1  # the killed actor's mixture (and any sent while it restarted)
     assert marker.is_file() and int(marker.read_text()) in pids_before
@@ -108,6 +111,30 @@ def test_ray_gives_the_local_store_and_a_killed_actor_loses_nothing(tiny, local_
         assert s.count(status="pending") == 0
     for r in (0, 1):
         assert (run.round_dir(r) / "planned.json").read_text() == (lrun.round_dir(r) / "planned.json").read_text()
+    assert result.weights == pytest.approx(lresult.weights, abs=1e-6)
+
+
+def test_search_with_executor_kind_ray_evaluates_on_ray_actors(tiny, local_result, cluster, tmp_path, monkeypatch):
+    """`demix search` and `demix run` call search(): executor.kind=ray must not run locally."""
+    import demix.executors
+    from demix.executors.ray_executor import RayExecutor
+
+    lconfig, lrun, lresult = local_result
+    config, run = copy_run(tiny, tmp_path / "ray-search", kind="ray", num_workers=2)
+    made, real = [], demix.executors.make_executor
+
+    def spy(*args, **kwargs):
+        executor = real(*args, **kwargs)
+        made.append((executor, executor.worker_pids() if isinstance(executor, RayExecutor) else None))  # alive: not yet closed
+        return executor
+
+    monkeypatch.setattr(demix.executors, "make_executor", spy)
+    result = search(config, run, device="cpu")
+    [(executor, pids)] = made
+    assert isinstance(executor, RayExecutor)
+    assert len(set(pids)) == 2 and os.getpid() not in pids
+    assert result.evaluated_now == 9 and result.setup_seconds > 0  # the actors' start-up
+    assert sorted(rows(config, run)) == sorted(rows(lconfig, lrun))
     assert result.weights == pytest.approx(lresult.weights, abs=1e-6)
 
 
@@ -156,7 +183,10 @@ def test_evaluate_planned_waits_for_another_driver_and_requeues_its_dead_claims(
         return me.complete(m, result["benchmarks"], result["capabilities"])
 
     sleeps = []
-    n = evaluate_planned(LocalExecutor(scorer), me, planned, commit, round=0, wait_seconds=0.1, sleep=lambda s: (sleeps.append(s), __import__("time").sleep(s)))
+    n = evaluate_planned(
+        LocalExecutor(scorer), me, planned, commit, round=0, wait_seconds=0.1,
+        sleep=lambda s: (sleeps.append(s), __import__("time").sleep(s)),
+    )
     assert n == 3 and sorted(calls) == sorted(mixture_key(m) for m in planned)
     assert sleeps, "it should have waited for the other driver's claim"
     assert me.count() == 3 and me.count(status="pending") == 0

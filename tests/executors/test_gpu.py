@@ -5,14 +5,10 @@ rounding, and evaluation on CUDA matches the CPU."""
 from __future__ import annotations
 
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1]))
-
-from tiny_run import build_tiny_run  # noqa: E402
+from tiny_run import build_tiny_run
 
 MIX = {"general": 0.5, "math": 0.3, "code": 0.2}
 

@@ -13,7 +13,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from demix.errors import DemixError
 from demix.fidelity._tensors import tensor_group
-from demix.fidelity.audit import AuditThresholds, audit_components, proxy_gap
+from demix.fidelity.audit import audit_components, proxy_gap
+from demix.fidelity.audit_report import AuditReport, AuditThresholds
 
 
 def _base(path: Path, tied: bool = True) -> dict[str, torch.Tensor]:
@@ -184,7 +185,7 @@ def test_bad_checkpoints_are_clear_errors(ckpts):
     pickled = tmp / "pickled"
     pickled.mkdir()
     (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04not a real pickle")
-    with pytest.raises(DemixError, match="never unpickles"):
+    with pytest.raises(DemixError, match="reads safetensors only"):
         audit_components(ckpts["base_dir"], {"bad": pickled})
     with pytest.raises(DemixError, match="does not exist"):
         audit_components(tmp / "nowhere", {"x": ckpts["math"]})
@@ -197,6 +198,24 @@ def test_bad_checkpoints_are_clear_errors(ckpts):
         audit_components(ckpts["base_dir"], {"bad": trunc})
     with pytest.raises(DemixError, match="no components"):
         audit_components(ckpts["base_dir"], {})
+
+
+def test_audit_report_reads_back_what_it_saved(ckpts):
+    """audit.json round-trips through AuditReport.read (NaN cosines included); a garbled file
+    is a DemixError naming it."""
+    same = _variant(ckpts["base_dir"], ckpts["tmp"] / "same2", {k: torch.zeros_like(v) for k, v in ckpts["base"].items()})
+    rep = audit_components(ckpts["base_dir"], {"math": ckpts["math"], "untrained": same})
+    rep.add_gap(proxy_gap(ckpts["base_dir"], ckpts["base_dir"], ckpts["math"], mixture_id="m1", mixture={"math": 1.0}))
+    path = ckpts["tmp"] / "audit.json"
+    rep.save(path)
+    back = AuditReport.read(path)
+    assert back.to_dict() == rep.to_dict()
+    assert math.isnan(back.cosine["all"]["math"]["untrained"])
+    assert [(f.kind, f.subject) for f in back.warnings()] == [(f.kind, f.subject) for f in rep.warnings()]
+    path.write_text('{"components": ["math"]}')
+    with pytest.raises(DemixError) as exc:
+        AuditReport.read(path)
+    assert str(path) in exc.value.what and "demix fidelity" in exc.value.fix
 
 
 @pytest.mark.parametrize("name, group", [

@@ -12,7 +12,7 @@ from scipy import stats
 
 from demix.errors import DemixError
 from demix.fidelity import FidelityReport, Target, compare, ratio_score_from_bpb
-from demix.fidelity.metrics import _row_kendall, _row_spearman, top_count
+from demix.fidelity.statistics import row_kendall, row_spearman, top_count
 
 
 def _scores(n: int, noise: float, seed: int = 0):
@@ -81,9 +81,9 @@ def test_vectorised_bootstrap_statistics_equal_scipy():
             warnings.simplefilter("ignore")
             rho = np.array([stats.spearmanr(x, y).statistic for x, y in zip(a, b)])
             tau = np.array([stats.kendalltau(x, y).statistic for x, y in zip(a, b)])
-    np.testing.assert_allclose(_row_spearman(a, b), rho, atol=1e-12, equal_nan=True)
-    np.testing.assert_allclose(_row_kendall(a, b), tau, atol=1e-12, equal_nan=True)
-    assert math.isnan(_row_spearman(a, b)[0]) and math.isnan(_row_kendall(a, b)[0])
+    np.testing.assert_allclose(row_spearman(a, b), rho, atol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(row_kendall(a, b), tau, atol=1e-12, equal_nan=True)
+    assert math.isnan(row_spearman(a, b)[0]) and math.isnan(row_kendall(a, b)[0])
 
 
 def test_confidence_intervals_contain_the_estimate_and_are_seeded():

@@ -10,9 +10,12 @@ import pytest
 import yaml
 
 from demix.errors import DemixError
+from demix.fidelity.files import FidelityResults, FidelityScores
 from demix.fidelity.metrics import FidelityReport
-from demix.fidelity.stage import load_reports, reference_mixtures, run_fidelity, trained_kind
+from demix.fidelity.references import reference_mixtures
+from demix.fidelity.stage import run_fidelity
 from demix.mixtures import mixture_key
+from demix.proxy_kind import trained as trained_kind
 from demix.store import Store
 
 SETTINGS = {
@@ -102,8 +105,11 @@ def test_stage_trains_evaluates_and_writes_its_files(first):
     for name in ("fidelity.json", "scores.json", "compute.json", "audit.json", "mixtures.json", "merged.json",
                  "trained@256.json", "trained@512.json"):
         assert (d / name).is_file(), name
-    reports = load_reports(d)
-    assert set(reports) == set(kinds)
+    results = FidelityResults.read(run.fidelity_files.results)
+    assert set(results.reports) == set(kinds)
+    # The typed reader gives back exactly what the stage wrote.
+    assert results.to_dict() == json.loads(run.fidelity_files.results.read_text())
+    assert [w.message for w in results.audit_warnings] == [w.message for w in result.audit.warnings()]
     merged = FidelityReport.load(d / "merged.json")
     assert merged.mixtures == sorted(keys)
     # Every capability is a target in the macro average, with n = 4 behind it.
@@ -124,12 +130,15 @@ def test_stage_trains_evaluates_and_writes_its_files(first):
     summary = {r["proxy_kind"]: r for r in json.loads((d / "fidelity.json").read_text())["summary"]}
     assert "merged_minus_this" not in summary["merged"]
     assert summary[trained_kind(512)]["merged_minus_this"]["value"] == pytest.approx(result.differences[trained_kind(512)].value)
+    assert results.row(trained_kind(512)).merged_minus_this.value == pytest.approx(result.differences[trained_kind(512)].value)
 
     scores = json.loads((d / "scores.json").read_text())
     key0 = keys[0]
     assert set(scores["scores"][key0]) == {"reference", *kinds}
     ref_caps = scores["scores"][key0]["reference"]["capabilities"]
     assert math.isclose(merged.targets["math"].scores[key0][0], 2.0 ** ref_caps["math"])
+    typed = FidelityScores.read(run.fidelity_files.scores)
+    assert typed.of(key0, "reference").capabilities == ref_caps and typed.ratio_scale_capabilities == ["code", "general", "math"]
 
 
 def test_compute_accounting_sums_and_orders(first):
@@ -153,7 +162,7 @@ def test_compute_accounting_sums_and_orders(first):
     assert summary["merged"]["flops"] == pytest.approx(demix["flops"])
     assert summary[trained_kind(512)]["train_tokens"] == 512 * n
     # A budget that is not whole steps (8 x 32 tokens each) is counted as the steps it trains.
-    from demix.fidelity.stage import compute_accounting
+    from demix.fidelity.compute import compute_accounting
     from demix.merging.builder import run_checkpoints
 
     base, comps = run_checkpoints(config, run)
@@ -175,7 +184,6 @@ def test_own_weight_baseline_ranks_by_each_domains_share(first):
     """The no-model baseline: Spearman of the reference scores against the domain's own weight."""
     from scipy.stats import spearmanr
 
-    from demix.fidelity.stage import load_baselines
 
     _, run, result, _ = first
     own = result.baselines["own_weight"]
@@ -189,7 +197,7 @@ def test_own_weight_baseline_ranks_by_each_domains_share(first):
         assert [t.scores[k][1] for k in keys] == [weights[k][name] for k in keys]
         assert math.isclose(t.spearman.value, spearmanr(ref, [weights[k][name] for k in keys]).statistic, abs_tol=1e-12)
         assert not t.crr.defined  # weights and scores are on different scales
-    assert load_baselines(run.fidelity)["own_weight"].to_dict() == own.to_dict()
+    assert FidelityResults.read(run.fidelity_files.results).baselines["own_weight"].to_dict() == own.to_dict()
 
 
 def test_second_run_reuses_stored_models_and_scores(first):

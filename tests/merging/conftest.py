@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.models import save_perturbed_copies, tiny_llama
+
 
 def make_tokenizer(path: Path) -> None:
+    """A word-level tokenizer over ``t0`` .. ``t249`` and ``[UNK]``, saved at ``path``."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -20,20 +23,8 @@ def make_tokenizer(path: Path) -> None:
 
 
 def make_model(seed: int = 0, tie: bool = True, hidden: int = 32, vocab: int = 256):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=tie,
-    )
-    return LlamaForCausalLM(cfg)
+    """The merging tests' tiny Llama: 4 attention heads over 2 KV heads (grouped-query), 64 positions."""
+    return tiny_llama(vocab, hidden=hidden, heads=4, kv_heads=2, max_positions=64, tie=tie, seed=seed, embedding_scale=1.0)
 
 
 def make_family(
@@ -49,19 +40,12 @@ def make_family(
     base_dir = root / "base"
     base.save_pretrained(base_dir, max_shard_size=shard_size or "5GB")
     make_tokenizer(base_dir)
-    ref = {k: v.clone() for k, v in base.state_dict().items()}
-    comps = {}
-    for i, d in enumerate(domains):
-        gen = torch.Generator().manual_seed(100 + i)
-        with torch.no_grad():
-            for name, p in base.named_parameters():
-                noise = torch.randn(p.shape, generator=gen) * scale
-                p.copy_((ref[name].float() + noise).to(dtype))
-        comps[d] = root / d
-        base.save_pretrained(comps[d], max_shard_size=shard_size or "5GB")
-    with torch.no_grad():
-        for name, p in base.named_parameters():
-            p.copy_(ref[name])
+    comps = {d: root / d for d in domains}
+
+    def perturb(current: torch.Tensor, start: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return (start.float() + torch.randn(start.shape, generator=gen) * scale).to(dtype)
+
+    save_perturbed_copies(base, comps, perturb, max_shard_size=shard_size or "5GB")
     return base_dir, comps
 
 

@@ -116,6 +116,7 @@ def test_missing_directory_and_config(family, tmp_path):
     both(base, {**comps, "math": tmp_path / "nowhere"}, tmp_path, r"component 'math' directory .*nowhere' does not exist")
     noconf = tmp_path / "noconf"
     noconf.mkdir()
+    shutil.copy(comps["math"] / "model.safetensors", noconf)
     both(base, {**comps, "math": noconf}, tmp_path, r"has no config.json")
 
 

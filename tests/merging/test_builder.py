@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from demix.checkpoints import weights_hash
 from demix.errors import DemixError
 from demix.merging import ComponentSet, ProxyBuilder, write_merged
 from demix.merging.checkpoint import Checkpoint
@@ -77,7 +78,7 @@ def test_proxy_equals_merged_checkpoint_on_disk(components, family, tmp_path, me
         assert torch.equal(tensor, disk[name]), name
     prov = json.loads((out / "demix.json").read_text())
     assert prov["role"] == "merged" and prov["mixture"] == MIX and prov["method"] == method
-    assert len(prov["base_hash"]) == 16
+    assert prov["base_hash"] == weights_hash(family[0]) and len(prov["base_hash"]) == 64
     assert (out / "tokenizer.json").is_file() and (out / "config.json").is_file()
 
 

@@ -7,12 +7,12 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from conftest import make_config  # noqa: E402
+# A script (run plainly or by a launcher), outside pytest's pythonpath: tests/ holds the helpers.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from demix.rundir import RunDir  # noqa: E402
 from demix.training import train_base  # noqa: E402
+from helpers.training_run import make_config  # noqa: E402
 
 root = Path(sys.argv[1])
 config = make_config(root, **{"train.base.tokens": 6 * 8 * 32, "train.base.save_every_steps": 4})

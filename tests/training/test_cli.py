@@ -1,9 +1,9 @@
 import pytest
 import yaml
 
+from demix.checkpoints import read_provenance
 from demix.cli import main
 from demix.mixtures import mixture_key
-from demix.training import read_provenance
 
 
 def _write_config(config, path):
@@ -16,17 +16,17 @@ def test_train_verbs_end_to_end(new_run, tmp_path, capsys):
     cfg = _write_config(config, tmp_path / "run.yaml")
 
     main(["train", "base", cfg, "-q"])
-    assert read_provenance(run.base)["role"] == "base"
+    assert read_provenance(run.base).role == "base"
 
     main(["train", "components", cfg, "--domain", "math", "-s", "train.components.tokens=2560"])
     out = capsys.readouterr().out
     assert "component math" in out and "2,560 tokens" in out and "held-out loss" in out
-    assert read_provenance(run.component("math"))["tokens_seen"] == 2560
+    assert read_provenance(run.component("math")).tokens_seen == 2560
     assert not run.component("code").exists()
 
     main(["train", "reference", cfg, "--mixture", "general=0.5,code=0.5"])
     key = mixture_key({"general": 0.5, "math": 0.0, "code": 0.5})
-    assert read_provenance(run.reference(key))["mixture"] == {"general": 0.5, "code": 0.5}
+    assert read_provenance(run.reference(key)).mixture == {"general": 0.5, "code": 0.5}
     assert "reference" in capsys.readouterr().out
 
     main(["train", "trained-proxy", cfg, "-m", '{"math": 1.0}', "-q"])

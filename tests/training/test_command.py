@@ -92,31 +92,50 @@ shutil.copy(out / "arch.json", hf / "config.json")
 '''
 
 
-def test_commands_run_convert_and_register_for_merging(new_run, tmp_path):
+@pytest.fixture
+def fake_trainer_run(new_run, tmp_path):
+    """Factory: a run whose ``train.command`` runs the fake trainer and converter above, with a
+    small HF base (no demix.json: a given base) in ``models/base``."""
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from demix.training import component_dirs, read_provenance
 
     (tmp_path / "trainer.py").write_text(TRAINER)
     (tmp_path / "convert.py").write_text(CONVERTER)
     py = sys.executable
-    config, run = new_run(
-        "real",
-        **{
-            "train.command.template": f'"{py} {tmp_path}/trainer.py {{init}} {{output_dir}} {{seed}}"',
-            "train.command.converter": f'"{py} {tmp_path}/convert.py {{output_dir}} {{hf_dir}}"',
-            "train.command.format": "olmo-core",
-        },
-    )
-    LlamaForCausalLM(LlamaConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)).save_pretrained(run.base)
+
+    def make(name: str, **overrides):
+        config, run = new_run(
+            name,
+            **{
+                "train.command.template": f'"{py} {tmp_path}/trainer.py {{init}} {{output_dir}} {{seed}}"',
+                "train.command.converter": f'"{py} {tmp_path}/convert.py {{output_dir}} {{hf_dir}}"',
+                "train.command.format": "olmo-core",
+                **overrides,
+            },
+        )
+        LlamaForCausalLM(
+            LlamaConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+        ).save_pretrained(run.base)
+        return config, run
+
+    return make
+
+
+def test_commands_run_convert_and_register_for_merging(fake_trainer_run):
+    from demix.checkpoints import read_provenance, weights_hash
+    from demix.training import finished_components
+
+    config, run = fake_trainer_run("real")
     plans = plan_command_runs(config, run, ("component",), [{"general": 0.7, "code": 0.3}])
     assert execute_plan(config, run, plans) == [p.name for p in plans]
-    assert set(component_dirs(config, run)) == {"general", "math", "code"}
+    assert set(finished_components(config, run)) == {"general", "math", "code"}
     prov = read_provenance(run.component("math"))
-    assert prov["role"] == "component" and prov["mixture"] == {"general": 0.5, "math": 0.5}
-    assert prov["tokens_seen"] == config.train.components.tokens and prov["schedule"]["trainer"] == "command"
+    assert prov.role == "component" and prov.mixture == {"general": 0.5, "math": 0.5}
+    assert prov.tokens_seen == config.train.components.tokens and prov.schedule["trainer"] == "command"
+    assert prov.base_hash == weights_hash(run.base)
+    on_disk = json.loads((run.component("math") / "demix.json").read_text())
+    assert set(on_disk) >= {"role", "domain", "mixture", "base_hash", "init", "tokens_seen", "schedule", "seed", "created"}
     ref = Path(plans[-1].hf_dir)
-    assert read_provenance(ref)["role"] == "reference"
+    assert read_provenance(ref).role == "reference"
     # The merging stage takes the registered components as they are.
     from demix.merging import ProxyBuilder
 
@@ -157,3 +176,69 @@ def test_bad_templates_are_refused(new_run):
     config.train.command.data_prefixes = {"physics": "/data/p"}
     with pytest.raises(DemixError, match="unknown domain"):
         plan_command_runs(config, run)
+
+
+# --------------------------------------------------------------------------- train.backend dispatch
+
+
+def test_backend_command_trains_components_through_the_one_entry_point(fake_trainer_run):
+    from demix.checkpoints import read_provenance
+    from demix.training import train_components
+
+    config, run = fake_trainer_run("dispatch", **{"train.backend": "command"})
+    first = train_components(config, run, ["math"], show_progress=False)
+    assert list(first) == ["math"] and not first["math"].skipped
+    assert first["math"].path == run.component("math").resolve()
+    assert first["math"].provenance == read_provenance(run.component("math"))
+    assert first["math"].provenance.schedule["trainer"] == "command"
+    assert not run.component("code").exists()  # only the domains asked for
+
+    done = train_components(config, run, show_progress=False)  # default: every component
+    assert list(done) == ["general", "math", "code"]
+    assert done["math"].skipped and not done["general"].skipped and not done["code"].skipped
+    assert all(r.skipped for r in train_components(config, run, show_progress=False).values())
+
+
+def test_backend_command_with_slurm_leaves_the_runs_to_slurm_until_registered(fake_trainer_run):
+    import subprocess
+
+    from demix.training import train_components
+
+    config, run = fake_trainer_run("slurm", **{"train.backend": "command", "train.command.slurm": "true"})
+    with pytest.raises(DemixError, match=r"3 component run\(s\) are left to Slurm") as err:
+        train_components(config, run, show_progress=False)
+    assert "slurm_array.sh" in err.value.fix and "--register" in err.value.fix
+    script = run.root / "train_commands" / "slurm_array.sh"
+    assert script.is_file() and not run.component("math").exists()  # nothing ran here
+    # As if the array ran on the cluster, then `demix train command CONFIG --register`.
+    subprocess.run(["bash", str(run.root / "train_commands" / "commands.sh")], cwd=run.root, check=True)
+    with pytest.raises(DemixError, match="left to Slurm"):  # run but not registered yet
+        train_components(config, run, show_progress=False)
+    plans = plan_command_runs(config, run, ("component",))
+    assert register_finished(config, run, plans) == ([p.name for p in plans], [])
+    done = train_components(config, run, show_progress=False)
+    assert set(done) == {"general", "math", "code"} and all(r.skipped for r in done.values())
+
+
+def test_train_components_cli_uses_the_backend(fake_trainer_run, tmp_path, capsys):
+    import yaml
+
+    config, run = fake_trainer_run("cli", **{"train.backend": "command"})
+    cfg = tmp_path / "cli.yaml"
+    cfg.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    main(["train", "components", str(cfg), "--domain", "code"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "component code" in out and "trained by train.command.template" in out
+    assert (run.component("code") / "demix.json").is_file() and not run.component("math").exists()
+
+
+def test_dispatch_refuses_unknown_and_external_domains_before_training(fake_trainer_run, tmp_path):
+    from demix.training import train_components
+
+    config, run = fake_trainer_run("refuse", **{"train.backend": "command"})
+    with pytest.raises(DemixError, match="'poetry' is not a domain"):
+        train_components(config, run, ["math", "poetry"])
+    config.train.components.paths = {"code": str(tmp_path / "elsewhere")}
+    with pytest.raises(DemixError, match="external"):
+        train_components(config, run, ["math", "code"])
+    assert not run.component("math").exists()

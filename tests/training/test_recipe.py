@@ -8,14 +8,14 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
+from demix.checkpoints import read_provenance, same_weights
 from demix.errors import DemixError
 from demix.packing import PackedTokens, split_prefix
 from demix.training import (
     build_model,
-    component_dirs,
+    finished_components,
     heldout_loss,
     load_tokenizer,
-    read_provenance,
     train_base,
     train_component,
     train_components,
@@ -45,16 +45,22 @@ def test_base_training_lowers_heldout_loss_and_writes_a_plain_hf_checkpoint(new_
     assert model.config.tie_word_embeddings and model.config.intermediate_size == 4 * 32
 
     prov = read_provenance(run.base)
-    assert prov == json.loads((run.base / "demix.json").read_text())
+    on_disk = json.loads((run.base / "demix.json").read_text())
+    assert prov.to_dict() == on_disk and prov == result.provenance
+    assert set(on_disk) >= {
+        "role", "domain", "mixture", "base_hash", "init", "tokens_seen", "schedule", "seed", "final_train_loss",
+        "heldout_loss", "epochs", "resumed_from_step", "train_seconds", "tokens_per_second", "device",
+        "demix_version", "created",
+    }
     steps = config.train.base.tokens // (8 * 32)
-    assert prov["role"] == "base" and prov["mixture"] == {"general": 1.0}
-    assert prov["tokens_seen"] == steps * 8 * 32
-    assert prov["schedule"]["steps"] == steps and prov["schedule"]["lr"] == 0.01
-    assert prov["schedule"]["seq_len"] == 32 and prov["seed"] == 0
-    assert prov["base_hash"] == hashlib.sha256(b"model.safetensors" + (run.base / "model.safetensors").read_bytes()).hexdigest()
-    assert math.isfinite(prov["final_train_loss"]) and prov["final_train_loss"] < before
-    assert prov["heldout_loss"]["general"]["after"] == pytest.approx(after, rel=1e-4)
-    assert prov["heldout_loss"]["general"]["before"] == pytest.approx(before, rel=1e-4)
+    assert prov.role == "base" and prov.mixture == {"general": 1.0}
+    assert prov.tokens_seen == steps * 8 * 32
+    assert prov.schedule["steps"] == steps and prov.schedule["lr"] == 0.01
+    assert prov.schedule["seq_len"] == 32 and prov.seed == 0
+    assert prov.base_hash == hashlib.sha256(b"model.safetensors" + (run.base / "model.safetensors").read_bytes()).hexdigest()
+    assert math.isfinite(prov.details["final_train_loss"]) and prov.details["final_train_loss"] < before
+    assert prov.details["heldout_loss"]["general"]["after"] == pytest.approx(after, rel=1e-4)
+    assert prov.details["heldout_loss"]["general"]["before"] == pytest.approx(before, rel=1e-4)
     # Only the finished model is left: no checkpoints, no temp dir, no pickles.
     names = {p.name for p in run.base.iterdir()}
     assert "_checkpoints" not in names and "training_args.bin" not in names
@@ -71,11 +77,11 @@ def test_component_learns_its_domain_and_records_its_base(run_with_base):
     comp = AutoModelForCausalLM.from_pretrained(result.path, use_safetensors=True)
     assert _heldout(comp, run, "math") < base_math - 0.5
     prov = result.provenance
-    assert prov["role"] == "component" and prov["domain"] == "math"
-    assert prov["mixture"] == {"general": 0.5, "math": 0.5}
-    assert prov["base_hash"] == read_provenance(run.base)["base_hash"]
-    assert prov["init"] == str(run.base)
-    assert prov["tokens_seen"] == 20 * 8 * 32
+    assert prov.role == "component" and prov.domain == "math"
+    assert prov.mixture == {"general": 0.5, "math": 0.5}
+    assert same_weights(prov.base_hash, read_provenance(run.base).base_hash)
+    assert prov.init == str(run.base)
+    assert prov.tokens_seen == 20 * 8 * 32
     # same architecture and tensor names as the base: ready to merge
     assert load_file(result.path / "model.safetensors").keys() == load_file(run.base / "model.safetensors").keys()
 
@@ -110,8 +116,8 @@ def test_interrupted_training_resumes_from_its_last_checkpoint(run_with_base):
 
     resumed = train_component(config, run, "math", show_progress=False)
 
-    assert resumed.provenance["resumed_from_step"] == 6
-    assert resumed.provenance["tokens_seen"] == 20 * 8 * 32
+    assert resumed.provenance.details["resumed_from_step"] == 6
+    assert resumed.provenance.tokens_seen == 20 * 8 * 32
     assert not (out / "_checkpoints").exists()
     # The resumed model equals one trained without interruption (same data order, same optimizer state).
     config2, run2 = run_with_base("straight", **overrides)
@@ -128,8 +134,8 @@ def test_checkpoints_of_another_recipe_are_discarded(run_with_base):
         train_component(config, run, "code", show_progress=False, callbacks=[_StopAfterFirstSave()])
     config.train.components.lr = 0.002
     result = train_component(config, run, "code", show_progress=False)
-    assert result.provenance["resumed_from_step"] is None
-    assert result.provenance["schedule"]["lr"] == 0.002
+    assert result.provenance.details["resumed_from_step"] is None
+    assert result.provenance.schedule["lr"] == 0.002
 
 
 class _RecordLR(TrainerCallback):
@@ -163,14 +169,14 @@ def test_reference_and_trained_proxy_on_a_mixture(run_with_base):
     config, run = run_with_base()
     mixture = {"general": 0.6, "math": 0.1, "code": 0.3}
     ref = train_on_mixture(config, run, mixture, run.reference("m1"), config.train.reference, "reference", show_progress=False)
-    assert ref.provenance["role"] == "reference"
-    assert ref.provenance["mixture"] == pytest.approx(mixture)
-    assert ref.provenance["tokens_seen"] == 10 * 8 * 32
-    assert set(ref.provenance["heldout_loss"]) == set(mixture)
+    assert ref.provenance.role == "reference"
+    assert ref.provenance.mixture == pytest.approx(mixture)
+    assert ref.provenance.tokens_seen == 10 * 8 * 32
+    assert set(ref.provenance.details["heldout_loss"]) == set(mixture)
     proxy = train_on_mixture(
         config, run, {"code": 1.0}, run.trained_proxy("p1"), config.train.trained_proxy, "trained_proxy", show_progress=False
     )
-    assert proxy.provenance["role"] == "trained_proxy" and proxy.provenance["tokens_seen"] == 5 * 8 * 32
+    assert proxy.provenance.role == "trained_proxy" and proxy.provenance.tokens_seen == 5 * 8 * 32
     with pytest.raises(DemixError, match="sum to"):
         train_on_mixture(config, run, {"general": 0.6}, run.reference("bad"), config.train.reference, "reference")
     with pytest.raises(DemixError, match="unknown domain"):
@@ -209,7 +215,7 @@ def test_external_components_are_registered_after_checks(run_with_base, tmp_path
     config.train.components.paths = {"code": str(ext)}
     done = train_components(config, run, show_progress=False)
     assert set(done) == {"general", "math"}
-    dirs = component_dirs(config, run)
+    dirs = finished_components(config, run)
     assert dirs == {"general": run.component("general"), "math": run.component("math"), "code": ext}
     with pytest.raises(DemixError, match="external"):
         train_component(config, run, "code")
@@ -220,8 +226,8 @@ def test_component_of_another_architecture_is_rejected(run_with_base, tmp_path):
     ext = tmp_path / "qwen"
     _save_model(ext, config, run, architecture="qwen3")
     config.train.components.paths = {"math": str(ext)}
-    with pytest.raises(DemixError, match="'qwen3' model but the base .* 'llama' model"):
-        component_dirs(config, run)
+    with pytest.raises(DemixError, match="component 'math' .* has config.json model_type='qwen3' but the base .* has 'llama'"):
+        finished_components(config, run)
 
 
 def test_component_with_other_shapes_names_the_tensor(run_with_base, tmp_path):
@@ -230,7 +236,7 @@ def test_component_with_other_shapes_names_the_tensor(run_with_base, tmp_path):
     _save_model(ext, config, run, intermediate_size=64)
     config.train.components.paths = {"math": str(ext)}
     with pytest.raises(DemixError, match=r"tensor 'model\.layers\.0\.mlp\.\w+_proj\.weight' has shape \[\d+, \d+\]") as err:
-        component_dirs(config, run)
+        finished_components(config, run)
     assert err.value.fix
 
 
@@ -241,8 +247,8 @@ def test_component_with_other_vocabulary_is_rejected(run_with_base, tmp_path):
     model.resize_token_embeddings(512)
     model.save_pretrained(ext)
     config.train.components.paths = {"math": str(ext)}
-    with pytest.raises(DemixError, match="vocab_size 512 but the base .* has 400"):
-        component_dirs(config, run)
+    with pytest.raises(DemixError, match="vocab_size=512 but the base .* has 400"):
+        finished_components(config, run)
 
 
 def test_given_base_with_a_smaller_vocabulary_is_rejected(new_run, tmp_path):
@@ -263,9 +269,10 @@ def test_given_base_is_used_from_safetensors_and_pickles_are_refused(new_run, tm
     given = tmp_path / "given_base"
     _save_model(given, config, run)
     config.model.base_path = str(given)
-    assert train_base(config, run, show_progress=False).skipped
+    given_result = train_base(config, run, show_progress=False)
+    assert given_result.skipped and given_result.provenance is None  # external, no demix.json
     comp = train_component(config, run, "math", show_progress=False)
-    assert comp.provenance["base_hash"] == hashlib.sha256(
+    assert comp.provenance.base_hash == hashlib.sha256(
         b"model.safetensors" + (given / "model.safetensors").read_bytes()
     ).hexdigest()
 
@@ -274,7 +281,7 @@ def test_given_base_is_used_from_safetensors_and_pickles_are_refused(new_run, tm
     (pickled / "config.json").write_text((given / "config.json").read_text())
     torch.save({"w": torch.zeros(1)}, pickled / "pytorch_model.bin")
     config.model.base_path = str(pickled)
-    with pytest.raises(DemixError, match="pickled weights but no safetensors"):
+    with pytest.raises(DemixError, match="has only pickled weights"):
         train_base(config, run, show_progress=False)
 
 
@@ -286,7 +293,7 @@ def test_truncated_external_weights_are_a_clear_error(run_with_base, tmp_path):
     (ext / "model.safetensors").write_bytes(data[:100])
     config.train.components.paths = {"math": str(ext)}
     with pytest.raises(DemixError, match="truncated or corrupt"):
-        component_dirs(config, run)
+        finished_components(config, run)
 
 
 def test_heldout_loss_matches_a_direct_computation(new_run):
@@ -314,7 +321,7 @@ def test_precision_and_device_errors_name_the_fix(new_run):
 def test_a_model_written_but_not_renamed_is_recovered_not_retrained(run_with_base):
     config, run = run_with_base(**{"train.heldout_tokens": 0})
     done = train_component(config, run, "code", show_progress=False)
-    assert done.provenance["heldout_loss"] is None
+    assert done.provenance.details["heldout_loss"] is None
     hidden = run.component("code").parent / ".code.final"
     run.component("code").rename(hidden)  # as if killed between the final write and the rename
     again = train_component(config, run, "code", show_progress=False)

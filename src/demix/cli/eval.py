@@ -15,9 +15,9 @@ from demix.errors import DemixError
 def _load_checkpoint(path: Path, config: Any, device: Any) -> Any:
     import torch
 
-    from demix.training.model import check_vocabulary, checkpoint_dtype, load_checkpoint
-    from demix.tokenizer import load_tokenizer
     from demix.rundir import RunDir
+    from demix.tokenizer import load_tokenizer
+    from demix.training.model import check_vocabulary, checkpoint_dtype, load_checkpoint
 
     check_vocabulary(load_tokenizer(RunDir(config.run_dir).tokenizer), path)
     # fp32 on CPU (bf16 matmuls are slow there); the checkpoint's own dtype on a GPU.
@@ -82,10 +82,13 @@ def eval_command(
             f"checkpoint directory '{checkpoint}' does not exist", "pass an HF model directory (config.json + model.safetensors)"
         )
     cfg, run = open_run(config, overrides, quiet)
-    from demix.evaluation import Evaluator, resolve_device
+    import torch
+
+    from demix.checkpoints import resolve_device
+    from demix.evaluation import Evaluator
     from demix.rundir import write_json
 
-    dev = resolve_device(device or cfg.evaluation.device)
+    dev = torch.device(resolve_device(device or cfg.evaluation.device, "evaluation.device"))
     target: dict[str, Any]
     if checkpoint is not None:
         stage_header("eval", f"scoring checkpoint {checkpoint} on {dev}", out or "(stdout)")

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from demix.cli import app
 from demix.cli._common import ConfigArg, OverridesOpt, QuietOpt, console, open_run, stage_header
+from demix.proxy_kind import MERGED
+
+if TYPE_CHECKING:
+    from demix.config import RunConfig
+    from demix.fidelity.stage import FidelityResult
 
 
 def _cell(st) -> str:
@@ -42,8 +47,6 @@ def fidelity_cmd(
     Writes fidelity/ (fidelity.json, scores.json, compute.json, audit.json, one report per
     proxy kind). Needs `demix prepare`, `demix train base` and `demix train components` first.
     """
-    from rich.table import Table
-
     from demix.fidelity.stage import run_fidelity
 
     cfg, run = open_run(config, overrides, quiet)
@@ -60,13 +63,29 @@ def fidelity_cmd(
     )
 
     console.quiet = False
-    n = len(result.mixtures)
+    _print_fidelity(result, cfg)
+    _print_compute(result)
+    _print_audit(result)
+    console.print(
+        f"{counter['trained']} model(s) trained, {counter['evaluated']} evaluated, {counter['reused']} reused from the store; "
+        f"wrote {result.directory}"
+    )
+
+
+def _print_fidelity(result: FidelityResult, cfg: RunConfig) -> None:
+    """One row per capability and a macro row per proxy kind and baseline; then whether the
+    benchmarks tell proxies apart at all (the no-model baseline)."""
+    from rich.table import Table
+
+    from demix.fidelity.targets import OWN_WEIGHT
+
     first = next(iter(result.reports.values()))
+    f = cfg.fidelity
     table = Table(
-        title=f"fidelity against {n} reference models ({cfg.fidelity.confidence:.0%} bootstrap CI, "
-        f"{cfg.fidelity.bootstrap} resamples)",
+        title=f"fidelity against {len(result.mixtures)} reference models ({f.confidence:.0%} bootstrap CI, "
+        f"{f.bootstrap} resamples)",
         caption="rho: Spearman; tau: Kendall tau-b; top rho: Spearman on the best "
-        f"{cfg.fidelity.top_fraction:.0%} by reference score (n = {first.macro['top_spearman'].n}); "
+        f"{f.top_fraction:.0%} by reference score (n = {first.macro['top_spearman'].n}); "
         "CRR: sum(proxy) / sum(reference) on 2**-bits-per-byte scores. '-': undefined (see fidelity.json for why). "
         "own weight: no model, each domain's held-out score ranked by that domain's share of the mixture.",
     )
@@ -81,13 +100,20 @@ def fidelity_cmd(
             table.add_row(kind if i == 0 else "", name, str(rho.n), _cell(rho), _cell(tau), _cell(top), _cell(crr))
         table.add_section()
     console.print(table)
-    own = result.baselines.get("own_weight")
-    if own is not None and own.macro["spearman"].defined and "merged" in result.reports:
-        base_rho, merged_rho = own.macro["spearman"].value, result.reports["merged"].macro["spearman"].value
+    own = result.baselines.get(OWN_WEIGHT)
+    if own is not None and own.macro["spearman"].defined and MERGED in result.reports:
+        base_rho, merged_rho = own.macro["spearman"].value, result.reports[MERGED].macro["spearman"].value
         verdict = ("these benchmarks barely tell proxies apart: compare proxies on benchmarks the weights do not "
                    "predict (e.g. lm-eval tasks)" if base_rho >= merged_rho - 0.05 else "the proxies add information")
         console.print(f"no-model baseline: ranking each domain's held-out score by that domain's weight gives macro rho "
                       f"{base_rho:.2f} (merged proxies {merged_rho:.2f}); {verdict}")
+
+
+def _print_compute(result: FidelityResult) -> None:
+    """What one search costs per approach, next to what its proxies are worth."""
+    from rich.table import Table
+
+    from demix.fidelity.compute import approach_of
 
     comp = Table(
         title=f"compute of one search of {result.compute['search_proxies']} proxies (6 N D to train, 2 N D to evaluate)",
@@ -96,7 +122,7 @@ def fidelity_cmd(
     )
     for col in ("approach", "train tokens", "eval tokens", "FLOPs", "vs DeMix", "macro rho", "merged-this"):
         comp.add_column(col, justify="left" if col == "approach" else "right")
-    rho = {("demix" if k == "merged" else k): r.macro["spearman"] for k, r in result.reports.items()}
+    rho = {approach_of(k): r.macro["spearman"] for k, r in result.reports.items()}
     for row in result.compute["rows"]:
         ratio = row.get("flops_vs_demix")
         st = rho.get(row["approach"])
@@ -111,6 +137,8 @@ def fidelity_cmd(
                  f"{refs['flops']:.3g}", "", "")
     console.print(comp)
 
+
+def _print_audit(result: FidelityResult) -> None:
     warnings = result.audit.warnings()
     if warnings:
         console.print(f"[bold yellow]merge audit: {len(warnings)} warning(s)[/]")
@@ -121,7 +149,3 @@ def fidelity_cmd(
         console.print("merge audit: no warnings (delta sizes, delta cosines and proxy gaps within the thresholds)")
     for note in result.notes:
         console.print(f"[dim]note: {note}[/]")
-    console.print(
-        f"{counter['trained']} model(s) trained, {counter['evaluated']} evaluated, {counter['reused']} reused from the store; "
-        f"wrote {result.directory}"
-    )

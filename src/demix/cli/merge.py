@@ -111,9 +111,6 @@ def merge_command(
     if list_methods:
         _list_methods()
         return
-    from demix.merging.checkpoint import parse_size
-    from demix.merging.write import write_merged
-
     if mergekit_config is not None:
         if config is not None or mixture is not None:
             raise DemixError(
@@ -122,38 +119,74 @@ def merge_command(
             )
         if out is None:
             raise DemixError("--out is missing", "give the output directory: --out merged/")
-        from demix.merging.mergekit import read_mergekit_config
-
-        spec = read_mergekit_config(mergekit_config)
-        params = {**spec.params, **_parse_params(param)}
-        console.rule("[bold]merge (mergekit config)")
-        console.print(f"{spec.method} of {', '.join(spec.components)} with weights {spec.weights}\n[dim]writes: {out}[/]")
-        _run(
-            write_merged,
-            quiet,
-            base_dir=spec.base_dir,
-            components=spec.components,
-            mixture=spec.weights,
-            out_dir=out,
-            method=method or spec.method,
-            params=params,
-            dtype=dtype or spec.dtype,
-            shard_size=parse_size(shard_size or "2GB"),
-            tokenizer_dir=spec.tokenizer_dir,
-            force=force,
-            raw_weights=True,
-            extra_provenance={"mergekit_config": str(mergekit_config.resolve())},
-        )
+        _merge_mergekit_config(mergekit_config, out, method, _parse_params(param), dtype, shard_size, force, quiet)
         return
-
     if config is None:
         raise DemixError("CONFIG is missing", "give the run config (demix merge demix.yaml -m ...) or --mergekit-config FILE")
     if mixture is None:
         raise DemixError("--mixture is missing", "give the domain weights, e.g. --mixture general=0.5,math=0.5")
     if out is None and write_mergekit_config is None:
         raise DemixError("nothing to write", "give --out DIR (a merged checkpoint) and/or --write-mergekit-config FILE")
+    _merge_from_config(
+        config, mixture, out, method, param, normalize, dtype, shard_size, write_mergekit_config, force, overrides, quiet
+    )
 
+
+def _merge_mergekit_config(
+    path: Path,
+    out: Path,
+    method: str | None,
+    params: dict[str, Any],
+    dtype: str | None,
+    shard_size: str | None,
+    force: bool,
+    quiet: bool,
+) -> None:
+    """``--mergekit-config``: the models, weights and method of a mergekit YAML, written by demix."""
+    from demix.merging.checkpoint import parse_size
+    from demix.merging.mergekit import read_mergekit_config
+    from demix.merging.write import write_merged
+
+    spec = read_mergekit_config(path)
+    console.rule("[bold]merge (mergekit config)")
+    console.print(f"{spec.method} of {', '.join(spec.components)} with weights {spec.weights}\n[dim]writes: {out}[/]")
+    _run(
+        write_merged,
+        quiet,
+        base_dir=spec.base_dir,
+        components=spec.components,
+        mixture=spec.weights,
+        out_dir=out,
+        method=method or spec.method,
+        params={**spec.params, **params},
+        dtype=dtype or spec.dtype,
+        shard_size=parse_size(shard_size or "2GB"),
+        tokenizer_dir=spec.tokenizer_dir,
+        force=force,
+        raw_weights=True,
+        extra_provenance={"mergekit_config": str(path.resolve())},
+    )
+
+
+def _merge_from_config(
+    config: Path,
+    mixture: str,
+    out: Path | None,
+    method: str | None,
+    param: list[str] | None,
+    normalize: bool,
+    dtype: str | None,
+    shard_size: str | None,
+    write_mergekit_config: Path | None,
+    force: bool,
+    overrides: list[str] | None,
+    quiet: bool,
+) -> None:
+    """The run's base and components merged for ``mixture``: a checkpoint at ``out`` and/or the
+    mergekit YAML of the same merge."""
     from demix.merging.builder import run_checkpoints
+    from demix.merging.checkpoint import parse_size
+    from demix.merging.write import write_merged
     from demix.mixtures import parse_mixture, validate_mixture
 
     cfg, run = open_run(config, overrides, quiet)
@@ -163,9 +196,8 @@ def merge_command(
     weights = validate_mixture(parse_mixture(mixture), list(comps), normalize or cfg.merge.normalize)
 
     if write_mergekit_config is not None:
-        from demix.merging.mergekit import write_mergekit_config as write_yaml
-
         from demix.merging.checkpoint import Checkpoint
+        from demix.merging.mergekit import write_mergekit_config as write_yaml
 
         out_dtype = dtype or cfg.merge.dtype
         if out_dtype == "auto":  # mergekit computes in fp32 (as demix does) and writes the stored dtype

@@ -28,4 +28,4 @@ def report_cmd(
         setup_logging(run, quiet)
     files = write_report(run)
     console.quiet = False
-    console.print(f"wrote {files.html} and {files.markdown} ({len(files.figures)} figures in {files.html.parent / 'figures'})")
+    console.print(f"wrote {files.html} and {files.markdown} ({len(files.figures)} figures in {run.report_figures})")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -11,23 +11,54 @@ from demix.cli._common import ConfigArg, OverridesOpt, QuietOpt, console, open_r
 from demix.config import RunConfig, save_config
 from demix.rundir import RunDir
 
+if TYPE_CHECKING:
+    from demix.search import BestMixture
+
 DeviceOpt = Annotated[
     str, typer.Option(help="Device for proxies and evaluation: auto (evaluation.device), cpu, cuda, cuda:0, ...")
 ]
 
 
+def comparison_table(best: BestMixture) -> Any:
+    """The chosen mixture beside the baseline mixtures as a rich Table (rows from
+    :func:`demix.search.comparison_rows`, which the report renders too)."""
+    from rich.table import Table
+
+    from demix.search import comparison_rows
+
+    header, rows = comparison_rows(best)
+    k, predictor = best.top_k, best.predictor
+    table = Table(
+        title=f"chosen mixture: mean of the top {k.k:,} of {k.pool_size:,} candidates" if k else "chosen mixture",
+        caption=(
+            f"natural = token-proportional; predicted scores are higher-is-better; CV = {predictor.cv_folds}-fold "
+            f"cross-validation of the {predictor.kind} predictor on {predictor.n} evaluated proxies"
+        ) if predictor else None,
+    )
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i == 0 else "right", no_wrap=i == 0)
+    weights = [r for r in rows if r[0].startswith("weight ")]
+    for row in weights:
+        table.add_row(*row)
+    if len(rows) > len(weights):
+        table.add_section()
+    for row in rows[len(weights):]:
+        table.add_row(*row)
+    return table
+
+
 def _run_and_summarise(cfg: RunConfig, run: RunDir, quiet: bool, device: str, command: str) -> None:
-    from demix.pipeline import run_pipeline, summary_table
+    from demix.pipeline import run_pipeline
 
     result = run_pipeline(
         cfg, run, quiet, console=console, device=None if device == "auto" else device, command=command
     )
     console.quiet = False  # the summary is the result: shown even with --quiet
     console.rule("[bold]result")
-    console.print(summary_table(result.best))
+    console.print(comparison_table(result.best))
     stages = ", ".join(f"{t.stage} {'skipped' if t.skipped else f'{t.seconds:.0f} s'}" for t in result.timings)
     console.print(
-        f"stages: {stages} (total {result.seconds:.0f} s; {run.root / 'timings.json'})\n"
+        f"stages: {stages} (total {result.seconds:.0f} s; {run.timings})\n"
         f"chosen mixture: {run.best_mixture}\n"
         f"report: {result.report}\n"
         f"export it with: demix export {run.root} --to megatron|nemo|nanotron|olmo-core|hf-datasets|mosaic|json"

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from demix.cli import app
 from demix.cli._common import ConfigArg, OverridesOpt, QuietOpt, console, open_run, stage_header
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from demix.search import BestMixture
 
 
 @app.command("search", rich_help_panel="2. Stages, in pipeline order")
@@ -23,37 +28,38 @@ def search_cmd(
 
     Writes search/round_<r>/ (plan, predictors, CV report, pool, Pareto front) and best_mixture.json. Needs `demix prepare` and trained components first.
     """
-    from demix.pipeline import merged_proxy_scorer
-    from demix.search import read_token_counts, run_search
+    from demix.search import LiveSearchDisplay, search
 
     cfg, run = open_run(config, overrides, quiet)
     stage_header("search", "evaluate merged proxies, fit predictors, rank candidates", run.best_mixture)
-    token_counts = read_token_counts(run, cfg.data.domain_names)
-    if cfg.executor.kind == "local":
-        scorer = merged_proxy_scorer(cfg, run, device if device != "auto" else cfg.evaluation.device)
-        result = run_search(cfg, run, scorer, token_counts, progress=not quiet)
-    else:  # e.g. Ray: each worker builds its own resident proxy (docs/scaling.md)
-        from demix.executors import make_executor
-
-        with make_executor(cfg, run, device=None if device == "auto" else device) as executor:
-            result = run_search(cfg, run, None, token_counts, progress=not quiet, executor=executor)
-
-    from rich.table import Table
+    # Where proxies are evaluated is executor.kind's choice (docs/scaling.md): in this process,
+    # or on Ray, where each worker builds its own resident proxy.
+    with LiveSearchDisplay(cfg.data.domain_names, enabled=not quiet, console=console) as display:
+        result = search(cfg, run, device=None if device == "auto" else device, on_event=display)
 
     console.quiet = False
-    best = result.best
-    table = Table(title=f"chosen mixture (mean of top {best['top_k']['k']} of {best['top_k']['pool_size']:,} candidates)")
-    for col in ("domain", "token share", "top-k std", "tokens", "epochs"):
-        table.add_column(col, justify="left" if col == "domain" else "right")
-    for d, w in best["weights"].items():
-        tokens = best.get("tokens", {}).get(d)
-        epochs = best.get("epochs", {}).get(d)
-        table.add_row(
-            d, f"{w:.4f}", f"{best['top_k']['spread'][d]['std']:.4f}",
-            f"{tokens:,}" if tokens is not None else "-", f"{epochs:.2f}" if epochs is not None else "-",
-        )
-    console.print(table)
+    console.print(plan_table(result.best))
     console.print(
         f"{result.evaluations} evaluations in the store ({result.evaluated_now} new this run); wrote {result.path}\n"
         f"export it with: demix export {run.root} --to megatron|nemo|nanotron|olmo-core|hf-datasets|mosaic|json"
     )
+
+
+def plan_table(best: BestMixture) -> Table:
+    """The chosen mixture as a training plan: token share, top-k spread, tokens and epochs per domain."""
+    from rich.table import Table
+
+    k, pool = (best.top_k.k, best.top_k.pool_size) if best.top_k else ("?", 0)
+    spread = best.top_k.spread if best.top_k else {}
+    table = Table(title=f"chosen mixture (mean of top {k} of {pool:,} candidates)")
+    for col in ("domain", "token share", "top-k std", "tokens", "epochs"):
+        table.add_column(col, justify="left" if col == "domain" else "right")
+    for d, w in best.weights.items():
+        tokens = (best.tokens or {}).get(d)
+        epochs = (best.epochs or {}).get(d)
+        std = spread.get(d, {}).get("std")
+        table.add_row(
+            d, f"{w:.4f}", f"{std:.4f}" if std is not None else "-",
+            f"{tokens:,}" if tokens is not None else "-", f"{epochs:.2f}" if epochs is not None else "-",
+        )
+    return table

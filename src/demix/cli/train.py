@@ -46,7 +46,8 @@ def _print_result(label: str, result) -> None:
 def base(config: ConfigArg, overrides: OverridesOpt = None, quiet: QuietOpt = False) -> None:
     """Pretrain the base model from scratch on the general domain (or check model.base_path)."""
     cfg, run = open_run(config, overrides, quiet)
-    from demix.training import base_dir, train_base
+    from demix.checkpoints import base_dir
+    from demix.training import train_base
 
     what = (
         f"checking the given base {cfg.model.base_path}"
@@ -68,14 +69,16 @@ def components(
     overrides: OverridesOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train one component per domain from the base (general_share general data + the domain)."""
+    """Train one component per domain from the base (general_share general data + the domain),
+    with train.backend: the HF Trainer recipe, or your trainer (train.command.template)."""
     cfg, run = open_run(config, overrides, quiet)
     from demix.training import train_components
 
     share = cfg.train.components.general_share
+    who = " with your trainer (train.command.template)" if cfg.train.backend == "command" else ""
     stage_header(
         "train components",
-        f"continuing the base on each domain ({share:.0%} general data) for "
+        f"continuing the base on each domain ({share:.0%} general data){who} for "
         f"{cfg.train.components.tokens:,} tokens each",
         run.models / "components",
     )

@@ -32,7 +32,6 @@ from demix.evaluation.benchmarks import (
 
 _LAZY = {
     "Evaluator": "demix.evaluation.evaluator",
-    "resolve_device": "demix.evaluation.evaluator",
     "HeldoutLoss": "demix.evaluation.heldout",
     "token_byte_lengths": "demix.evaluation.heldout",
     "Harness": "demix.evaluation.harness",

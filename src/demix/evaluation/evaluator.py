@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from demix.checkpoints import resolve_device
 from demix.config import RunConfig
 from demix.errors import DemixError
 from demix.evaluation.benchmarks import (
@@ -32,20 +33,6 @@ from demix.packing import PackedTokens, split_prefix
 from demix.rundir import RunDir
 
 log = logging.getLogger("demix.evaluation")
-
-
-def resolve_device(spec: str | torch.device | None) -> torch.device:
-    """``auto`` (or None) -> the first CUDA device when one is visible, else the CPU."""
-    if isinstance(spec, torch.device):
-        return spec
-    if spec is None or spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise DemixError(f"evaluation.device is '{spec}' but no CUDA device is visible", "set evaluation.device=auto or cpu")
-    try:
-        return torch.device(spec)
-    except RuntimeError:
-        raise DemixError(f"evaluation.device '{spec}' is not a device", "use auto, cpu, cuda or cuda:N") from None
 
 
 class Evaluator:
@@ -74,14 +61,14 @@ class Evaluator:
         return {b.name: bool(b.higher_is_better) for b in self.benchmarks}
 
     @classmethod
-    def from_run(cls, config: RunConfig, run: RunDir, device: str | torch.device | None = None) -> "Evaluator":
+    def from_run(cls, config: RunConfig, run: RunDir, device: str | torch.device | None = None) -> Evaluator:
         """Prepare a run's evaluation once: held-out windows on ``device`` (default
         ``evaluation.device``), the run's tokenizer, the lm-eval tasks (shipped ones written to
         ``run.eval_tasks``)."""
         from demix.tokenizer import load_tokenizer
 
         ev = config.evaluation
-        device = resolve_device(device if device is not None else ev.device)
+        device = torch.device(resolve_device(str(device) if device is not None else ev.device, "evaluation.device"))
         benchmarks = resolve_benchmarks(config)
         capabilities = resolve_capabilities(config, benchmarks)
         tokenizer = load_tokenizer(run.tokenizer)

@@ -8,6 +8,8 @@
     with make_executor(config, run) as executor:
         run_search(config, run, None, token_counts, executor=executor)
 
+(what :func:`demix.search.search` does for ``demix search`` and ``demix run``).
+
 Any executor implements ``evaluate(items, on_result)`` (see :mod:`demix.executors.base`); the
 search calls it through :func:`evaluate_planned`, which claims each mixture in the store just
 before it is dispatched, so several drivers can share one round.
@@ -19,7 +21,7 @@ from typing import Any
 
 from demix.errors import DemixError
 from demix.executors.base import Executor, LocalExecutor, OnResult, Scorer, WorkItem, evaluate_planned
-from demix.executors.scorers import ProxyScorerFactory
+from demix.executors.scorers import MergedProxyScorer, ProxyScorerFactory
 
 EXECUTORS = ("local", "ray")
 
@@ -27,7 +29,8 @@ EXECUTORS = ("local", "ray")
 def make_executor(config: Any, run: Any, scorer: Scorer | None = None, device: str | None = None) -> Executor:
     """The executor ``config.executor.kind`` asks for.
 
-    local: ``scorer`` (default: the run's merged-proxy scorer, built here on ``device``).
+    local: ``scorer`` (default: the run's :class:`MergedProxyScorer` on ``device``, which loads
+    nothing until the first mixture is scored).
     ray: actors built from the run directory (``executor.*`` sets address, workers, CPUs, GPUs);
     ``scorer`` is not used, since each actor builds its own.
     """
@@ -55,6 +58,7 @@ __all__ = [
     "EXECUTORS",
     "Executor",
     "LocalExecutor",
+    "MergedProxyScorer",
     "OnResult",
     "ProxyScorerFactory",
     "Scorer",

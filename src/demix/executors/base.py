@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 from demix.errors import DemixError
 from demix.mixtures import mixture_key
+from demix.proxy_kind import MERGED
 
 log = logging.getLogger("demix.executors")
 
@@ -41,6 +42,11 @@ class Executor:
         """How many mixtures are evaluated at the same time."""
         return 1
 
+    @property
+    def setup_seconds(self) -> float | None:
+        """What building the scorer(s) cost, when known (None otherwise)."""
+        return None
+
     def evaluate(self, items: Iterable[WorkItem], on_result: OnResult) -> None:  # pragma: no cover - abstract
         """Score every item; call ``on_result`` in this process as each one finishes."""
         raise NotImplementedError
@@ -48,7 +54,7 @@ class Executor:
     def close(self) -> None:
         """Release the workers."""
 
-    def __enter__(self) -> "Executor":
+    def __enter__(self) -> Executor:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -65,6 +71,12 @@ class LocalExecutor(Executor):
             raise DemixError(f"the local executor needs a scorer callable, got {type(scorer).__name__}", "pass scorer(mixture) -> result")
         self.scorer = scorer
 
+    @property
+    def setup_seconds(self) -> float | None:
+        """The scorer's ``setup_seconds`` (the merged-proxy scorer's: 0 until its first call)."""
+        seconds = getattr(self.scorer, "setup_seconds", None)
+        return float(seconds) if isinstance(seconds, (int, float)) else None
+
     def evaluate(self, items: Iterable[WorkItem], on_result: OnResult) -> None:
         for index, mixture in items:
             on_result(index, mixture, self.scorer(mixture))
@@ -77,7 +89,7 @@ def evaluate_planned(
     commit: Callable[[int, Mixture, Any], bool],
     *,
     round: int | None,
-    proxy_kind: str = "merged",
+    proxy_kind: str = MERGED,
     wait_seconds: float = 2.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:

@@ -45,13 +45,18 @@ class _Worker:
         # Ray pins OMP_NUM_THREADS to the actor's CPUs; torch must agree or actors oversubscribe.
         torch.set_num_threads(max(1, num_threads))
         self.scorer = factory()
+        # Build now, not on the first mixture: a bad run directory fails when the actors
+        # start, once, and a restarted actor is ready when Ray reports it alive.
+        setup = getattr(self.scorer, "setup", None)
+        if callable(setup):
+            setup()
 
     def pid(self) -> int:
         return os.getpid()
 
     def score(self, mixture: dict[str, float]) -> dict[str, Any]:
         result = self.scorer(mixture)
-        get = result.get if isinstance(result, dict) else lambda k, d=None: getattr(result, k, d)
+        get: Callable[..., Any] = result.get if isinstance(result, dict) else lambda k, d=None: getattr(result, k, d)
         hib = get("higher_is_better")
         # Plain dicts travel cheaply and unpickle without demix's classes in the driver.
         return {
@@ -109,6 +114,7 @@ class RayExecutor(Executor):
             num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts, max_task_retries=0
         )
         self._factory = factory
+        t0 = time.perf_counter()
         self._actors = [self._new_actor() for _ in range(n)]
         self._deaths = [0] * n
         #: Mixtures re-queued because their actor died, and actors restarted, over this executor's life.
@@ -119,6 +125,7 @@ class RayExecutor(Executor):
         except ray.exceptions.RayError as exc:
             self.close()
             raise _as_demix_error(exc, "starting the Ray actors") from None
+        self._setup_seconds = time.perf_counter() - t0
         log.info("ray executor: %d actors (%s CPU, %s GPU each)", n, num_cpus, num_gpus)
 
     def _new_actor(self):
@@ -133,6 +140,11 @@ class RayExecutor(Executor):
     @property
     def num_workers(self) -> int:
         return len(self._actors)
+
+    @property
+    def setup_seconds(self) -> float | None:
+        """Start-up of the actors: each builds its scorer (in parallel) before it is used."""
+        return self._setup_seconds
 
     def worker_pids(self, timeout: float = 600.0) -> list[int]:
         """Process ids of the actors (current incarnations; waits for restarting ones).

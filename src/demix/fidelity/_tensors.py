@@ -8,13 +8,13 @@ proxy's ``state_dict()``) is accepted wherever a directory is.
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from demix.checkpoints import shard_map
 from demix.errors import DemixError
 
 #: Tensor groups, in the order their patterns are tried (first match wins). Patterns match
@@ -40,32 +40,20 @@ def tensor_group(name: str) -> str:
     return "other"
 
 
-def _shard_map(directory: Path) -> dict[str, Path]:
-    """Tensor name -> safetensors file of an HF checkpoint directory."""
-    single = directory / "model.safetensors"
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise DemixError(f"checkpoint index '{index}' is unreadable ({exc})", "re-save the checkpoint") from None
-        return {name: directory / fname for name, fname in weight_map.items()}
-    if single.is_file():
-        from safetensors import safe_open
+def _tensor_files(directory: Path) -> dict[str, Path]:
+    """Tensor name -> safetensors file of an HF checkpoint directory, in the order of the files
+    and of the names in each file's header (an index names the tensors of each shard)."""
+    from safetensors import safe_open
 
+    out: dict[str, Path] = {}
+    for file, indexed in shard_map(directory).items():
         try:
-            with safe_open(str(single), framework="pt") as fh:
-                return {name: single for name in fh.keys()}
+            with safe_open(str(file), framework="numpy") as fh:  # the header only: no torch needed
+                names = list(fh.keys())
         except Exception as exc:  # safetensors raises its own error types for truncated files
-            raise DemixError(f"checkpoint file '{single}' is unreadable ({exc})", "re-save or re-copy the checkpoint") from None
-    if not directory.is_dir():
-        raise DemixError(f"checkpoint directory '{directory}' does not exist", "pass an HF checkpoint directory")
-    pickled = [p.name for p in directory.glob("*.bin")] + [p.name for p in directory.glob("*.pt")]
-    hint = (
-        f"it holds {pickled}, which demix never unpickles; convert it to safetensors "
-        "(model.save_pretrained(dir, safe_serialization=True))" if pickled else "save it with save_pretrained"
-    )
-    raise DemixError(f"checkpoint directory '{directory}' has no model.safetensors or model.safetensors.index.json", hint)
+            raise DemixError(f"checkpoint file '{file}' is unreadable ({exc})", "re-save or re-copy the checkpoint") from None
+        out.update((name, file) for name in names if indexed is None or name in indexed)
+    return out
 
 
 class TensorSource:
@@ -83,11 +71,11 @@ class TensorSource:
         else:
             self.path = Path(source)
             self.label = label or str(self.path)
-            self._files = _shard_map(self.path)
+            self._files = _tensor_files(self.path)
         self._stack = ExitStack()
         self._handles: dict[Path, Any] = {}
 
-    def __enter__(self) -> "TensorSource":
+    def __enter__(self) -> TensorSource:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -129,19 +117,3 @@ class TensorSource:
             raise
         except Exception as exc:
             raise DemixError(f"tensor '{name}' of {self.label} is unreadable ({exc})", "re-save or re-copy the checkpoint") from None
-
-
-def read_config(directory: str | Path) -> dict[str, Any]:
-    """An HF checkpoint's ``config.json`` (empty dict when absent)."""
-    path = Path(directory) / "config.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DemixError(f"'{path}' is not valid JSON ({exc})", "re-save the checkpoint") from None
-
-
-def iter_shapes(source: TensorSource) -> Iterator[tuple[str, tuple[int, ...]]]:
-    for name in source.names():
-        yield name, source.shape(name)

@@ -10,8 +10,9 @@ measures, streaming one tensor at a time from safetensors:
 - when a reference model was trained on a mixture, the gap between the merged proxy of that
   mixture and the reference: ``||proxy - reference|| / ||reference - base||``, and score gaps;
 
-and turns them into structured :class:`AuditFinding` records for the report. The thresholds
-are documented on :class:`AuditThresholds` (and in docs/fidelity.md): they are rules of thumb,
+and turns them into structured :class:`~demix.fidelity.audit_report.AuditFinding` records
+(:mod:`demix.fidelity.audit_report`, torch-free) for the report. The thresholds are documented
+on :class:`~demix.fidelity.audit_report.AuditThresholds` (and in docs/fidelity.md): they are rules of thumb,
 not calibrated; the proxy gap and the fidelity statistics against reference models are what
 measure whether merging worked.
 
@@ -22,141 +23,23 @@ elements in low precision they lose most of their digits).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from demix.errors import DemixError
 from demix.fidelity._tensors import GROUPS, TensorSource, tensor_group
+from demix.fidelity.audit_report import AuditFinding, AuditReport, AuditThresholds, GroupDelta, ProxyGap
 
 #: Elements per chunk when flattening tensors into fp64 (bounds the extra memory to
 #: K x CHUNK x 8 bytes, 256 MiB for K = 8).
 CHUNK = 4 * 1024 * 1024
 
 Source = str | Path | Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class AuditThresholds:
-    """When the audit raises a finding. See docs/fidelity.md for the reasoning."""
-
-    relative_delta: float = 0.5
-    """Warn when ``||delta|| / ||base||`` of a tensor group exceeds this: the component has
-    moved by half the norm of what pretraining built, far outside the small-update regime in
-    which task-vector arithmetic and weight averaging are known to behave linearly."""
-    relative_delta_critical: float = 1.0
-    """Critical when the delta is as large as the base weights themselves."""
-    min_cosine: float = -0.1
-    """Warn when two deltas have a whole-model cosine below this. Unrelated high-dimensional
-    updates are nearly orthogonal (|cos| ~ 1/sqrt(parameters)), and components sharing a
-    general share are usually positively aligned; a clearly negative cosine means they push
-    the same weights in opposite directions, so merging cancels them (interference)."""
-    duplicate_cosine: float = 0.99
-    """Note (info) when two deltas are nearly parallel: their domains cannot be told apart
-    through merged proxies."""
-    proxy_gap: float = 1.0
-    """Warn when ``||proxy - reference|| / ||reference - base||`` reaches this: the merged
-    proxy is no closer to the reference model's weights than the base is."""
-
-    @classmethod
-    def from_config(cls, fidelity: Any) -> "AuditThresholds":
-        """Thresholds from a ``FidelityConfig`` (critical: twice the relative-delta warning level)."""
-        return cls(
-            relative_delta=fidelity.audit_relative_delta,
-            relative_delta_critical=2 * fidelity.audit_relative_delta,
-            min_cosine=fidelity.audit_min_cosine,
-            proxy_gap=fidelity.audit_proxy_gap,
-        )
-
-
-@dataclass
-class GroupDelta:
-    """Size of one component's delta within one tensor group."""
-
-    delta_norm: float
-    base_norm: float
-    relative: float
-    """delta_norm / base_norm (NaN when the base group is all zeros)."""
-    numel: int
-
-
-@dataclass
-class AuditFinding:
-    """One thing the report should show: what, how bad, and the number behind it."""
-
-    kind: Literal["large_delta", "zero_delta", "conflicting_deltas", "near_duplicate_deltas", "proxy_gap"]
-    severity: Literal["info", "warning", "critical"]
-    subject: str
-    """The component, the pair 'a|b', or the mixture id it is about."""
-    group: str
-    """Tensor group, or 'all' for the whole model."""
-    value: float
-    threshold: float
-    message: str
-
-
-@dataclass
-class ProxyGap:
-    """Distance between the merged proxy of a mixture and the reference model trained on it."""
-
-    mixture_id: str
-    mixture: dict[str, float] | None
-    relative_distance: float
-    """||proxy - reference|| / ||reference - base|| over the whole model."""
-    groups: dict[str, float]
-    """The same ratio per tensor group."""
-    score_gaps: dict[str, dict[str, float]] = field(default_factory=dict)
-    """target -> {proxy, reference, gap = proxy - reference}."""
-    findings: list[AuditFinding] = field(default_factory=list)
-
-
-@dataclass
-class AuditReport:
-    """Result of :func:`audit_components` (plus any :class:`ProxyGap` added with :meth:`add_gap`)."""
-
-    components: list[str]
-    deltas: dict[str, dict[str, GroupDelta]]
-    """component -> group (and 'all') -> its delta size."""
-    cosine: dict[str, dict[str, dict[str, float]]]
-    """group (and 'all') -> component -> component -> cosine of the deltas."""
-    thresholds: AuditThresholds
-    findings: list[AuditFinding] = field(default_factory=list)
-    gaps: list[ProxyGap] = field(default_factory=list)
-
-    def add_gap(self, gap: ProxyGap) -> None:
-        self.gaps.append(gap)
-        self.findings.extend(gap.findings)
-
-    def warnings(self) -> list[AuditFinding]:
-        """Findings of severity warning or critical."""
-        return [f for f in self.findings if f.severity != "info"]
-
-    def to_dict(self) -> dict[str, Any]:
-        return _nan_to_none(asdict(self))
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
-
-    def save(self, path: str | Path) -> None:
-        from demix.rundir import atomic_write_text
-
-        atomic_write_text(Path(path), self.to_json())
-
-
-def _nan_to_none(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_nan_to_none(v) for v in obj]
-    return obj
 
 
 def _load(src: TensorSource, name: str, shape: torch.Size | None, device: str) -> torch.Tensor:

@@ -21,10 +21,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from demix import proxy_kind
 from demix.errors import DemixError
 from demix.fidelity._tensors import TensorSource, tensor_group
+
+if TYPE_CHECKING:
+    from demix.config import RunConfig, TrainRecipe
+    from demix.rundir import RunDir
+
+DEMIX = "demix"
+"""Approach label of DeMix's budget (the merged proxies' compute)."""
 
 #: FLOPs per matmul parameter per token.
 TRAIN_FLOPS_PER_PARAM_TOKEN = 6
@@ -213,7 +221,7 @@ def demix_budget(
     items.append(CostItem("merge proxies", "merge", num_proxies, 0, 0.0,
                           float(num_proxies * (k + 2) * params.total * bytes_per_param)))
     items.append(CostItem("evaluate merged proxies", "eval", num_proxies, eval_tokens, evaluation_flops(n, eval_tokens)))
-    return ComputeBudget("demix", items)
+    return ComputeBudget(DEMIX, items)
 
 
 def trained_budget(
@@ -264,7 +272,7 @@ def heldout_eval_tokens(config: Any) -> int:
     return int(count * ev.heldout_tokens)
 
 
-def compare_budgets(budgets: Iterable[ComputeBudget], reference: str = "demix") -> list[dict[str, Any]]:
+def compare_budgets(budgets: Iterable[ComputeBudget], reference: str = DEMIX) -> list[dict[str, Any]]:
     """Rows (approach, tokens, FLOPs, FLOPs relative to ``reference``) for a table or plot."""
     budgets = list(budgets)
     base = next((b.flops for b in budgets if b.approach == reference), None)
@@ -278,3 +286,55 @@ def compare_budgets(budgets: Iterable[ComputeBudget], reference: str = "demix") 
             "flops_vs_" + reference: (b.flops / base) if base else None,
         })
     return rows
+
+
+# --------------------------------------------------------------------------- the fidelity stage's accounting
+
+def approach_of(kind: str) -> str:
+    """The budget (``approach``) that pays for proxies of ``kind``: ``demix`` for merged ones,
+    the proxy kind itself (``trained@<tokens>``) for trained ones."""
+    return DEMIX if kind == proxy_kind.MERGED else kind
+
+
+def compute_accounting(
+    config: RunConfig, run: RunDir, base: Path, comps: Mapping[str, Path], num_references: int, budgets: Sequence[int]
+) -> dict[str, Any]:
+    """Tokens and FLOPs of one search done by DeMix and by trained proxies at each budget, and of
+    the reference models this stage trained (the content of ``compute.json``, less its version)."""
+    from demix.checkpoints import is_finished, read_provenance
+    from demix.fidelity.references import trained_recipe
+    from demix.training import reference_recipe, training_steps
+
+    params = count_parameters(base)
+    eval_tokens = heldout_eval_tokens(config)
+    n = config.fidelity.search_proxies or sum(config.search.rounds)
+    comp_tokens = {}
+    for d, p in comps.items():
+        tokens = read_provenance(p).tokens_seen if is_finished(p) else None
+        comp_tokens[d] = int(tokens) if tokens else int(config.train.components.tokens)
+
+    def trained_tokens(recipe: TrainRecipe) -> int:
+        # What training really consumes (training refuses a budget under one step).
+        return max(1, training_steps(recipe, config.model.seq_len)) * recipe.batch_size * config.model.seq_len
+
+    budgets_ = [demix_budget(params, comp_tokens, n, eval_tokens)]
+    budgets_ += [
+        trained_budget(params, trained_tokens(trained_recipe(config, b)), eval_tokens, num_models=n,
+                       approach=proxy_kind.trained(b))
+        for b in budgets
+    ]
+    references = trained_budget(
+        params, trained_tokens(reference_recipe(config)), eval_tokens, num_models=num_references, approach="reference models"
+    )
+    return {
+        "params": {"total": params.total, "embedding": params.embedding, "head": params.head, "tied": params.tied,
+                   "flop_params": params.flop_params},
+        "search_proxies": n,
+        "eval_tokens_per_model": eval_tokens,
+        "note": "one search of search_proxies mixtures: DeMix trains the components once and evaluates a merged "
+                "proxy per mixture; the baseline trains and evaluates a proxy per mixture. The base is shared and "
+                "counted in neither; reference models are ground truth, counted apart.",
+        "budgets": [b.to_dict() for b in budgets_],
+        "references": references.to_dict(),
+        "rows": compare_budgets(budgets_, reference=DEMIX),
+    }

@@ -5,17 +5,11 @@ Inputs are scores keyed by name, never by position::
     reference = {mixture_id: {target_name: score, ...}, ...}   # reference models (ground truth)
     proxy     = {mixture_id: {target_name: score, ...}, ...}   # merged or trained proxies
 
-A *target* is a benchmark or a capability. Per target, :func:`compare` computes Spearman rho,
-Kendall tau (tau-b), Spearman on the top share of mixtures by reference score, and the
-Capability Recovery Rate (CRR = sum of proxy scores / sum of reference scores), each with the
-number of mixtures it rests on and a percentile bootstrap confidence interval; then macro
-averages over the targets marked as capabilities. See ``docs/fidelity.md`` for the caveats.
-
-The bootstrap is a seeded paired resampling of mixtures written here rather than
-``scipy.stats.bootstrap``: with 8-16 mixtures many resamples are degenerate (constant scores,
-so the correlation is undefined) and ``scipy.stats.bootstrap`` turns a single undefined
-resample into a NaN interval. Here undefined resamples are dropped and counted, and every
-target is resampled with the same mixture indices, so the macro average gets a joint interval.
+A *target* is a benchmark or a capability. Per target, :func:`compare` computes the statistics
+of :mod:`demix.fidelity.statistics` (Spearman rho, Kendall tau-b, Spearman on the top share of
+mixtures by reference score, the Capability Recovery Rate), each with the number of mixtures it
+rests on and a percentile bootstrap confidence interval; then macro averages over the targets
+marked as capabilities, in a :class:`FidelityReport`. See ``docs/fidelity.md`` for the caveats.
 """
 
 from __future__ import annotations
@@ -23,85 +17,27 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from demix.errors import DemixError
-
-#: Names of the per-target statistics, in report order.
-STATISTICS = ("spearman", "kendall", "top_spearman", "crr")
-
-#: Fewest mixtures a rank correlation is reported on (with 2 points rho is always +-1).
-MIN_RANK_POINTS = 3
-
-#: Fewest mixtures in the top share for its Spearman to be reported (the reference scripts'
-#: top-25% of 16 mixtures is exactly this: 4 points).
-MIN_TOP_POINTS = 4
-
-
-def ratio_score_from_bpb(bits_per_byte: float) -> float:
-    """``2 ** -bpb``: the geometric-mean probability the model gives each byte of held-out text.
-
-    A ratio-scale, higher-is-better score in (0, 1] on which CRR is meaningful (bits per byte is
-    lower-is-better and a negated bpb is negative, so neither can be summed into a recovery rate).
-    """
-    return float(2.0 ** (-float(bits_per_byte)))
-
-
-@dataclass(frozen=True)
-class Target:
-    """One scored target (a benchmark or a capability) and how to read its scores."""
-
-    name: str
-    capability: bool = False
-    """True: the target counts in the macro averages."""
-    higher_is_better: bool = True
-    """Direction of the score: decides which mixtures are the 'top' ones."""
-    ratio_scale: bool | None = None
-    """Whether CRR is meaningful (non-negative scores where 0 means none of the ability:
-    accuracies, pass rates, ``2**-bpb``). None: auto, True when every score lies in [0, 1]."""
-
-
-@dataclass
-class Statistic:
-    """One fidelity number with the evidence behind it.
-
-    ``value`` is NaN when the statistic is undefined, and ``reason`` then says why.
-    """
-
-    value: float
-    n: int
-    """Mixtures (data points) the value rests on."""
-    ci_low: float = math.nan
-    ci_high: float = math.nan
-    resamples: int = 0
-    """Bootstrap resamples on which the statistic was defined (the interval rests on these)."""
-    reason: str | None = None
-    over: list[str] = field(default_factory=list)
-    """Macro averages only: the capabilities averaged."""
-    excluded: dict[str, str] = field(default_factory=dict)
-    """Macro averages only: capabilities left out, with the reason."""
-
-    @property
-    def defined(self) -> bool:
-        return not math.isnan(self.value)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: _json_number(v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Statistic":
-        return cls(**{k: (math.nan if v is None and k in ("value", "ci_low", "ci_high") else v) for k, v in data.items()})
-
-    def __str__(self) -> str:
-        if not self.defined:
-            return f"undefined (n={self.n}: {self.reason})"
-        ci = f" [{self.ci_low:.3f}, {self.ci_high:.3f}]" if not math.isnan(self.ci_low) else ""
-        return f"{self.value:.3f}{ci} (n={self.n})"
+from demix.fidelity._records import read_record
+from demix.fidelity.statistics import (
+    STATISTICS,
+    Statistic,
+    Target,
+    crr,
+    kendall,
+    percentile_interval,
+    resampled_statistic,
+    row_spearman,
+    spearman,
+    top_spearman,
+)
+from demix.proxy_kind import MERGED
 
 
 @dataclass
@@ -134,7 +70,7 @@ class TargetFidelity:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TargetFidelity":
+    def from_dict(cls, data: Mapping[str, Any]) -> TargetFidelity:
         kw = dict(data)
         for s in STATISTICS:
             kw[s] = Statistic.from_dict(kw[s])
@@ -179,7 +115,7 @@ class FidelityReport:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "FidelityReport":
+    def from_dict(cls, data: Mapping[str, Any]) -> FidelityReport:
         kw = dict(data)
         kw["targets"] = {k: TargetFidelity.from_dict(v) for k, v in kw["targets"].items()}
         kw["macro"] = {k: Statistic.from_dict(v) for k, v in kw["macro"].items()}
@@ -192,8 +128,9 @@ class FidelityReport:
         atomic_write_text(Path(path), self.to_json())
 
     @classmethod
-    def load(cls, path: str | Path) -> "FidelityReport":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+    def load(cls, path: str | Path) -> FidelityReport:
+        """Read a report :meth:`save` wrote; a missing or garbled file is a DemixError naming it."""
+        return read_record(path, "a fidelity report", cls.from_dict)
 
     def table(self) -> str:
         """A plain-text table: one row per target, then the macro averages."""
@@ -214,169 +151,6 @@ class FidelityReport:
         lines.append(f"{'macro (caps)':<18} {len(self.mixtures):>3}  " + "  ".join(f"{cell(self.macro[s]):<28}" for s in STATISTICS))
         lines.append("* capability (in the macro average)")
         return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- point statistics
-
-
-def _json_number(v: Any) -> Any:
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    return v
-
-
-def _row_spearman(ref: np.ndarray, proxy: np.ndarray) -> np.ndarray:
-    """Spearman rho of each row pair of two (B, n) arrays; NaN where a row is constant.
-
-    Same definition as ``scipy.stats.spearmanr``: Pearson correlation of average ranks.
-    """
-    rr = stats.rankdata(ref, axis=1)
-    rp = stats.rankdata(proxy, axis=1)
-    rr = rr - rr.mean(axis=1, keepdims=True)
-    rp = rp - rp.mean(axis=1, keepdims=True)
-    denom = np.sqrt((rr * rr).sum(axis=1) * (rp * rp).sum(axis=1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rho = (rr * rp).sum(axis=1) / denom
-    rho[denom == 0] = np.nan
-    return np.clip(rho, -1.0, 1.0)
-
-
-def _row_kendall(ref: np.ndarray, proxy: np.ndarray, max_elements: int = 8_000_000) -> np.ndarray:
-    """Kendall tau-b of each row pair of two (B, n) arrays; NaN where a row is constant.
-
-    Same definition as ``scipy.stats.kendalltau`` (tau-b): over all pairs i < j,
-    sum(sx * sy) / sqrt(sum(sx**2) * sum(sy**2)) with sx = sign(x_i - x_j), which is
-    (concordant - discordant) / sqrt((n0 - ties_x) * (n0 - ties_y)). Vectorised over rows
-    (in chunks bounding memory) because the bootstrap needs it on thousands of resamples.
-    """
-    b, n = ref.shape
-    iu, ju = np.triu_indices(n, k=1)
-    out = np.full(b, np.nan)
-    step = max(1, max_elements // max(1, len(iu)))
-    for s in range(0, b, step):
-        sx = np.sign(ref[s : s + step, iu] - ref[s : s + step, ju])
-        sy = np.sign(proxy[s : s + step, iu] - proxy[s : s + step, ju])
-        denom = np.sqrt((sx * sx).sum(axis=1) * (sy * sy).sum(axis=1))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[s : s + step] = np.where(denom > 0, (sx * sy).sum(axis=1) / denom, np.nan)
-    return np.clip(out, -1.0, 1.0)
-
-
-def _rank_reason(ref: np.ndarray, proxy: np.ndarray, min_points: int) -> str | None:
-    if len(ref) < min_points:
-        return f"needs at least {min_points} mixtures, has {len(ref)}"
-    if np.ptp(ref) == 0:
-        return "reference scores are constant"
-    if np.ptp(proxy) == 0:
-        return "proxy scores are constant"
-    return None
-
-
-def spearman(ref: np.ndarray, proxy: np.ndarray) -> tuple[float, str | None]:
-    """Spearman rho (``scipy.stats.spearmanr``), or NaN and the reason it is undefined."""
-    reason = _rank_reason(ref, proxy, MIN_RANK_POINTS)
-    if reason:
-        return math.nan, reason
-    return float(stats.spearmanr(ref, proxy).statistic), None
-
-
-def kendall(ref: np.ndarray, proxy: np.ndarray) -> tuple[float, str | None]:
-    """Kendall tau-b (``scipy.stats.kendalltau``), or NaN and the reason it is undefined."""
-    reason = _rank_reason(ref, proxy, MIN_RANK_POINTS)
-    if reason:
-        return math.nan, reason
-    return float(stats.kendalltau(ref, proxy).statistic), None
-
-
-def top_count(n: int, fraction: float) -> int:
-    """How many mixtures make the top ``fraction`` of ``n`` (rounded up: 25% of 16 is 4, of 10 is 3)."""
-    return int(math.ceil(fraction * n - 1e-9))
-
-
-def _top_indices(ref: np.ndarray, k: int, higher_is_better: bool) -> np.ndarray:
-    # Ties at the cut are broken by position, and positions follow sorted mixture ids, so the
-    # choice never depends on input order.
-    key = -ref if higher_is_better else ref
-    return np.lexsort((np.arange(len(ref)), key))[:k]
-
-
-def top_spearman(
-    ref: np.ndarray, proxy: np.ndarray, higher_is_better: bool = True, fraction: float = 0.25
-) -> tuple[float, int, str | None]:
-    """Spearman rho on the top ``fraction`` of mixtures by reference score.
-
-    Returns (rho, points, reason); undefined when the top share holds fewer than
-    :data:`MIN_TOP_POINTS` mixtures or is constant.
-    """
-    k = top_count(len(ref), fraction)
-    if k < MIN_TOP_POINTS:
-        return math.nan, k, (
-            f"the top {fraction:.0%} of {len(ref)} mixtures is {k} point(s); needs at least {MIN_TOP_POINTS}"
-        )
-    idx = _top_indices(ref, k, higher_is_better)
-    rho, reason = spearman(ref[idx], proxy[idx])
-    return rho, k, reason
-
-
-def crr(ref: np.ndarray, proxy: np.ndarray, target: Target) -> tuple[float, bool, str | None]:
-    """Capability Recovery Rate sum(proxy) / sum(reference), where it means something.
-
-    Returns (value, ratio_scale resolved, reason). Only computed on higher-is-better,
-    non-negative, ratio-scale scores; a ratio of sums of bits per byte or of negated losses is
-    not a recovery rate.
-    """
-    both = np.concatenate([ref, proxy])
-    ratio = target.ratio_scale
-    if not target.higher_is_better:
-        return math.nan, False, "lower-is-better score; convert it first (e.g. 2**-bits_per_byte)"
-    if ratio is None:
-        ratio = bool(np.all((both >= 0) & (both <= 1)))
-        if not ratio:
-            return math.nan, False, (
-                "scores outside [0, 1]: CRR is computed on accuracies / probabilities; "
-                "declare ratio_scale=True for other non-negative ratio-scale scores"
-            )
-    if not ratio:
-        return math.nan, False, "not a ratio-scale score (ratio_scale=False)"
-    if np.any(both < 0):
-        return math.nan, True, "negative scores: a sum ratio is meaningless"
-    if ref.sum() <= 0:
-        return math.nan, True, "reference scores sum to 0"
-    return float(proxy.sum() / ref.sum()), True, None
-
-
-# --------------------------------------------------------------------------- bootstrap
-
-
-def _resampled(
-    stat: str, ref: np.ndarray, proxy: np.ndarray, idx: np.ndarray, target: Target, fraction: float
-) -> np.ndarray:
-    """The statistic on each bootstrap resample (rows of ``idx``); NaN where undefined."""
-    r, p = ref[idx], proxy[idx]
-    if stat == "spearman":
-        return _row_spearman(r, p)
-    if stat == "kendall":
-        return _row_kendall(r, p)
-    if stat == "top_spearman":
-        k = top_count(ref.size, fraction)
-        # Per row: best reference score first, ties broken by mixture position (as for the point value).
-        sel = np.lexsort((idx, -r if target.higher_is_better else r), axis=-1)[:, :k]
-        rows = np.arange(len(idx))[:, None]
-        return _row_spearman(r[rows, sel], p[rows, sel])
-    if stat == "crr":
-        rs = r.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(rs > 0, p.sum(axis=1) / rs, np.nan)
-    raise ValueError(stat)
-
-
-def _interval(samples: np.ndarray, confidence: float) -> tuple[float, float, int]:
-    valid = samples[~np.isnan(samples)]
-    if valid.size == 0:
-        return math.nan, math.nan, 0
-    alpha = (1.0 - confidence) / 2.0
-    lo, hi = np.quantile(valid, [alpha, 1.0 - alpha])
-    return float(lo), float(hi), int(valid.size)
 
 
 # --------------------------------------------------------------------------- comparison
@@ -441,7 +215,7 @@ def compare(
     proxy: Mapping[str, Mapping[str, float]],
     targets: Sequence[Target | str] | None = None,
     *,
-    proxy_kind: str = "merged",
+    proxy_kind: str = MERGED,
     bootstrap: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
@@ -487,25 +261,7 @@ def compare(
     for t in resolved:
         ref = _vector(reference, mixtures, t.name, "reference")
         prx = _vector(proxy, mixtures, t.name, "proxy")
-        rho, rho_reason = spearman(ref, prx)
-        tau, tau_reason = kendall(ref, prx)
-        top, k, top_reason = top_spearman(ref, prx, t.higher_is_better, top_fraction)
-        rec, ratio, crr_reason = crr(ref, prx, t)
-        points = {"spearman": (rho, n, rho_reason), "kendall": (tau, n, tau_reason),
-                  "top_spearman": (top, k, top_reason), "crr": (rec, n, crr_reason)}
-        built: dict[str, Statistic] = {}
-        samples[t.name] = {}
-        for s, (value, npts, reason) in points.items():
-            st = Statistic(value=value, n=npts, reason=reason)
-            if idx is not None and st.defined:
-                draws = _resampled(s, ref, prx, idx, t, top_fraction)
-                st.ci_low, st.ci_high, st.resamples = _interval(draws, confidence)
-                samples[t.name][s] = draws
-            built[s] = st
-        per_target[t.name] = TargetFidelity(
-            name=t.name, capability=t.capability, higher_is_better=t.higher_is_better, ratio_scale=ratio,
-            scores={m: [float(a), float(b)] for m, a, b in zip(mixtures, ref, prx)}, **built,
-        )
+        per_target[t.name], samples[t.name] = _target_fidelity(t, mixtures, ref, prx, idx, top_fraction, confidence)
 
     macro = {s: _macro(s, per_target, samples, n, confidence) for s in STATISTICS}
     return FidelityReport(
@@ -520,6 +276,36 @@ def compare(
         targets=per_target,
         macro=macro,
     )
+
+
+
+def _target_fidelity(
+    t: Target, mixtures: list[str], ref: np.ndarray, prx: np.ndarray, idx: np.ndarray | None,
+    top_fraction: float, confidence: float,
+) -> tuple[TargetFidelity, dict[str, np.ndarray]]:
+    """Every statistic of one target, and its values on the bootstrap resamples (rows of ``idx``)
+    for the macro averages."""
+    n = len(mixtures)
+    rho, rho_reason = spearman(ref, prx)
+    tau, tau_reason = kendall(ref, prx)
+    top, k, top_reason = top_spearman(ref, prx, t.higher_is_better, top_fraction)
+    rec, ratio, crr_reason = crr(ref, prx, t)
+    points = {"spearman": (rho, n, rho_reason), "kendall": (tau, n, tau_reason),
+              "top_spearman": (top, k, top_reason), "crr": (rec, n, crr_reason)}
+    built: dict[str, Statistic] = {}
+    samples: dict[str, np.ndarray] = {}
+    for s, (value, npts, reason) in points.items():
+        st = Statistic(value=value, n=npts, reason=reason)
+        if idx is not None and st.defined:
+            draws = resampled_statistic(s, ref, prx, idx, t, top_fraction)
+            st.ci_low, st.ci_high, st.resamples = percentile_interval(draws, confidence)
+            samples[s] = draws
+        built[s] = st
+    fidelity = TargetFidelity(
+        name=t.name, capability=t.capability, higher_is_better=t.higher_is_better, ratio_scale=ratio,
+        scores={m: [float(a), float(b)] for m, a, b in zip(mixtures, ref, prx)}, **built,
+    )
+    return fidelity, samples
 
 
 def _macro(
@@ -540,7 +326,7 @@ def _macro(
         # Mean over capabilities within each resample; a resample where any capability is
         # undefined is dropped (NaN propagates), so every kept resample averages the same set.
         joint = np.mean(np.stack([samples[c][stat] for c in over]), axis=0)
-        st.ci_low, st.ci_high, st.resamples = _interval(joint, confidence)
+        st.ci_low, st.ci_high, st.resamples = percentile_interval(joint, confidence)
     return st
 
 
@@ -588,7 +374,7 @@ def paired_difference(
     if bootstrap > 0:
         # Seeded like compare(), so these are the very resamples behind each report's own interval.
         idx = np.random.default_rng(seed).integers(0, n, size=(bootstrap, n))
-        diffs = np.mean(np.stack([_row_spearman(r[idx], x[idx]) - _row_spearman(r[idx], y[idx])
+        diffs = np.mean(np.stack([row_spearman(r[idx], x[idx]) - row_spearman(r[idx], y[idx])
                                   for r, x, y in zip(refs, pa, pb)]), axis=0)
-        st.ci_low, st.ci_high, st.resamples = _interval(diffs, confidence)
+        st.ci_low, st.ci_high, st.resamples = percentile_interval(diffs, confidence)
     return st

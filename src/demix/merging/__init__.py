@@ -7,14 +7,16 @@ builder = ProxyBuilder(components, method="linear")
 model = builder.build({"general": 0.7, "math": 0.3})   # the proxy, written in place
 ```
 
-This subpackage imports torch; ``import demix`` does not import it.
+What a checkpoint directory holds, whether two merge, and their hashes are
+:mod:`demix.checkpoints`'s (torch-free); this subpackage imports torch; ``import demix`` does not.
 """
 
-from demix.merging.builder import ProxyBuilder, resolve_device, run_checkpoints
-from demix.merging.checkpoint import Checkpoint, check_compatible, weights_hash
+from demix.merging.builder import ProxyBuilder, run_checkpoints
+from demix.merging.checkpoint import Checkpoint
 from demix.merging.components import ComponentSet
+from demix.merging.kernel import linear_combine
 from demix.merging.mergekit import MergeSpec, read_mergekit_config, run_mergekit, to_mergekit_config, write_mergekit_config
-from demix.merging.methods import METHODS, MergeMethod, get_method, linear_combine, mixture_methods, register
+from demix.merging.methods import METHODS, MergeMethod, get_method, mixture_methods, register
 from demix.merging.write import write_merged
 
 __all__ = [
@@ -24,17 +26,14 @@ __all__ = [
     "MergeMethod",
     "MergeSpec",
     "ProxyBuilder",
-    "check_compatible",
     "get_method",
     "linear_combine",
     "mixture_methods",
     "read_mergekit_config",
     "register",
-    "resolve_device",
     "run_checkpoints",
     "run_mergekit",
     "to_mergekit_config",
-    "weights_hash",
     "write_merged",
     "write_mergekit_config",
 ]

@@ -1,7 +1,7 @@
 """The proxy builder: writes the proxy for a mixture into one resident HF model, in place.
 
 The model's parameters are views into flat buffers laid out like the component set's, so a
-linear proxy is one pass of :func:`~demix.merging.methods.linear_combine` per dtype group:
+linear proxy is one pass of :func:`~demix.merging.kernel.linear_combine` per dtype group:
 (K + 1) reads and one write of the parameters, fp32 accumulation, one cast. Other methods
 write tensor by tensor into the same views. No disk writes, no new model per proxy: a second
 :meth:`ProxyBuilder.build` reuses everything.
@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from demix.checkpoints import base_dir, component_dirs, resolve_device
 from demix.errors import DemixError
 from demix.merging.checkpoint import parse_dtype
 from demix.merging.components import ComponentSet
-from demix.merging.methods import MergeMethod, get_method, linear_combine
+from demix.merging.kernel import linear_combine
+from demix.merging.methods import MergeMethod, get_method
 from demix.mixtures import validate_mixture
 
 if TYPE_CHECKING:
@@ -29,19 +31,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("demix.merging")
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``auto``/None -> cuda when available, else cpu."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def run_checkpoints(config: "RunConfig", run: "RunDir") -> tuple[Path, dict[str, Path]]:
-    """The base and the component directories of a run: ``model.base_path`` or ``<run>/models/base``,
-    and ``train.components.paths[domain]`` or ``<run>/models/components/<domain>`` per domain."""
-    base = Path(config.model.base_path) if config.model.base_path else run.base
-    paths = config.train.components.paths
-    comps = {d: Path(paths[d]) if d in paths else run.component(d) for d in config.data.domain_names}
+def run_checkpoints(config: RunConfig, run: RunDir) -> tuple[Path, dict[str, Path]]:
+    """The base and the component directories of a run (:func:`demix.checkpoints.base_dir`,
+    :func:`~demix.checkpoints.component_dirs`), checked to exist: a DemixError names the
+    missing ones and how to make them."""
+    base = base_dir(config, run)
+    comps = component_dirs(config, run)
     missing = [d for d, p in comps.items() if not p.is_dir()]
     if missing:
         raise DemixError(
@@ -128,17 +123,17 @@ class ProxyBuilder:
     @classmethod
     def from_run(
         cls,
-        config: "RunConfig",
-        run: "RunDir",
+        config: RunConfig,
+        run: RunDir,
         device: str | torch.device | None = None,
         method: str | None = None,
         params: Mapping[str, Any] | None = None,
-    ) -> "ProxyBuilder":
+    ) -> ProxyBuilder:
         """The builder for a run directory: base and components from :func:`run_checkpoints`,
         method, params, dtype and normalisation from ``config.merge`` (``method``/``params``
         override them), device from ``device`` or ``config.evaluation.device``."""
         base, comps = run_checkpoints(config, run)
-        dev = resolve_device(device if device is not None else config.evaluation.device)
+        dev = torch.device(resolve_device(str(device) if device is not None else config.evaluation.device, "evaluation.device"))
         components = ComponentSet.load(base, comps, device=dev)
         return cls(
             components,

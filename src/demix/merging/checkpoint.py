@@ -1,7 +1,8 @@
 """Reading and writing HF checkpoint directories as safetensors, one tensor at a time.
 
-Reading: :class:`Checkpoint` indexes a directory (``model.safetensors`` or the shards named by
-``model.safetensors.index.json``) from the headers alone, memory-mapped through
+Reading: :class:`Checkpoint` is a :class:`demix.checkpoints.Layout` (the directory indexed from
+its safetensors headers alone: ``model.safetensors`` or the shards named by
+``model.safetensors.index.json``) plus torch dtypes and the files memory-mapped through
 ``safetensors.safe_open``; nothing is unpickled, ever. Every problem (no safetensors, a missing
 or truncated shard, a corrupt header) is a :class:`~demix.errors.DemixError` naming the file.
 
@@ -16,14 +17,13 @@ are written into a staging directory that replaces the output only when complete
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,11 +31,9 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
+from demix.checkpoints import INDEX_FILE, SINGLE_FILE, Layout
 from demix.errors import DemixError
 from demix.rundir import atomic_write_text, write_json
-
-INDEX_NAME = "model.safetensors.index.json"
-SINGLE_NAME = "model.safetensors"
 
 #: safetensors dtype codes <-> torch dtypes (the ones LLM checkpoints use).
 ST_TO_TORCH: dict[str, torch.dtype] = {
@@ -98,63 +96,46 @@ class TensorInfo:
 
 @dataclass
 class Checkpoint:
-    """An HF checkpoint directory indexed from its safetensors headers (no tensor is read).
+    """An HF checkpoint directory indexed from its safetensors headers (no tensor is read),
+    with the files open (memory-mapped) for reading tensors one at a time.
 
     ``tensors`` keeps the order of the files (and of names inside each file) so merged outputs
-    list tensors in the base's order.
+    list tensors in the base's order. ``layout`` is the torch-free description
+    (:class:`demix.checkpoints.Layout`) that compatibility checks compare.
     """
 
-    path: Path
-    config: dict[str, Any]
+    layout: Layout
     tensors: dict[str, TensorInfo]
     _handles: dict[Path, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def open(cls, path: str | Path, role: str = "checkpoint") -> "Checkpoint":
+    def open(cls, path: str | Path, role: str = "checkpoint") -> Checkpoint:
         """Index ``path``; ``role`` (base, component 'math', ...) names it in errors."""
-        path = Path(path)
-        if not path.is_dir():
-            raise DemixError(f"{role} directory '{path}' does not exist", "pass an HF checkpoint directory")
-        config_file = path / "config.json"
-        if not config_file.is_file():
-            raise DemixError(
-                f"{role} '{path}' has no config.json", "pass a Hugging Face model directory (save_pretrained writes one)"
-            )
-        try:
-            config = json.loads(config_file.read_text())
-        except json.JSONDecodeError as exc:
-            raise DemixError(f"{role} '{config_file}' is not valid JSON ({exc})", "restore the file") from None
-        files = _safetensors_files(path, role)
+        layout = Layout.read(path, role)
         tensors: dict[str, TensorInfo] = {}
+        for name, t in layout.tensors.items():
+            if t.dtype not in ST_TO_TORCH:
+                raise DemixError(f"{role} tensor '{name}' in '{t.file}' has unsupported dtype {t.dtype}")
+            tensors[name] = TensorInfo(name, t.file, t.shape, ST_TO_TORCH[t.dtype])
         handles = {}
-        for file, expected in files:
+        for file in dict.fromkeys(t.file for t in layout.tensors.values()):
             try:
-                handle = safe_open(str(file), framework="pt", device="cpu")
-            except (SafetensorError, OSError) as exc:
+                handles[file] = safe_open(str(file), framework="pt", device="cpu")
+            except (SafetensorError, OSError) as exc:  # changed since its header was read
                 raise DemixError(
                     f"{role} file '{file}' is not a readable safetensors file ({exc})",
                     "the file is truncated or corrupt: copy or save the checkpoint again",
                 ) from None
-            handles[file] = handle
-            names = list(handle.keys())
-            if expected is not None:
-                missing = sorted(set(expected) - set(names))
-                if missing:
-                    raise DemixError(
-                        f"{role} shard '{file}' lacks tensor '{missing[0]}' that {INDEX_NAME} places there",
-                        "the index and the shards disagree: save the checkpoint again",
-                    )
-            for name in names:
-                if expected is not None and name not in expected:
-                    continue  # the index is the source of truth for sharded checkpoints
-                sl = handle.get_slice(name)
-                st_dtype = sl.get_dtype()
-                if st_dtype not in ST_TO_TORCH:
-                    raise DemixError(f"{role} tensor '{name}' in '{file}' has unsupported dtype {st_dtype}")
-                tensors[name] = TensorInfo(name, file, tuple(sl.get_shape()), ST_TO_TORCH[st_dtype])
-        if not tensors:
-            raise DemixError(f"{role} '{path}' holds no tensors", "pass a checkpoint with weights")
-        return cls(path=path, config=config, tensors=tensors, _handles=handles)
+        return cls(layout, tensors, handles)
+
+    @property
+    def path(self) -> Path:
+        return self.layout.path
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The checkpoint's ``config.json``."""
+        return self.layout.config
 
     def get(self, name: str) -> torch.Tensor:
         """Read one tensor (a CPU copy out of the memory map)."""
@@ -170,81 +151,6 @@ class Checkpoint:
         return sorted({t.file for t in self.tensors.values()})
 
 
-def _safetensors_files(path: Path, role: str) -> list[tuple[Path, set[str] | None]]:
-    """The safetensors files of a checkpoint, with the names the index assigns to each."""
-    index = path / INDEX_NAME
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise DemixError(f"{role} index '{index}' is not a valid safetensors index ({exc!r})", "save the checkpoint again") from None
-        by_file: dict[str, set[str]] = {}
-        for name, fname in weight_map.items():
-            by_file.setdefault(fname, set()).add(name)
-        out = []
-        for fname in sorted(by_file):
-            file = path / fname
-            if not file.is_file():
-                raise DemixError(
-                    f"{role} shard '{file}' named by {INDEX_NAME} is missing",
-                    "copy the missing shard into the directory (or save the checkpoint again)",
-                )
-            out.append((file, by_file[fname]))
-        return out
-    single = path / SINGLE_NAME
-    if single.is_file():
-        return [(single, None)]
-    others = sorted(path.glob("*.safetensors"))
-    if others:
-        return [(f, None) for f in others]
-    if any(path.glob("*.bin")) or any(path.glob("*.pt")) or any(path.glob("*.pth")):
-        raise DemixError(
-            f"{role} '{path}' has only pickled weights (.bin/.pt); demix reads safetensors only",
-            "convert it once: AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)",
-        )
-    raise DemixError(f"{role} '{path}' has no safetensors weights", "pass a directory holding model.safetensors")
-
-
-# --------------------------------------------------------------------------- compatibility
-
-#: config.json keys that must agree between base and components (shapes catch the rest).
-_CONFIG_KEYS = ("model_type", "architectures", "vocab_size", "tie_word_embeddings")
-
-
-def check_compatible(base: Checkpoint, components: Mapping[str, Checkpoint]) -> None:
-    """Raise a DemixError naming the first difference between the base and a component:
-    architecture, vocabulary, tensor names, shapes (dtypes may differ: merging is in fp32)."""
-    for domain, comp in components.items():
-        who = f"component '{domain}' ({comp.path})"
-        for key in _CONFIG_KEYS:
-            if base.config.get(key) != comp.config.get(key):
-                raise DemixError(
-                    f"{who} has config.json {key}={comp.config.get(key)!r} but the base ({base.path}) has {base.config.get(key)!r}",
-                    "merge only components trained from this base (same architecture and tokenizer)",
-                )
-        missing = [n for n in base.tensors if n not in comp.tensors]
-        if missing:
-            raise DemixError(
-                f"{who} lacks tensor '{missing[0]}' of the base ({len(missing)} missing)",
-                "merge only components trained from this base (same architecture)",
-            )
-        extra = [n for n in comp.tensors if n not in base.tensors]
-        if extra:
-            raise DemixError(
-                f"{who} has tensor '{extra[0]}' that the base lacks ({len(extra)} extra)",
-                "merge only components trained from this base (same architecture)",
-            )
-        for name, info in base.tensors.items():
-            other = comp.tensors[name]
-            if other.shape != info.shape:
-                raise DemixError(
-                    f"{who} tensor '{name}' has shape {list(other.shape)}, the base has {list(info.shape)}",
-                    "merge only components with the base's architecture and vocabulary",
-                )
-            if other.dtype.is_floating_point != info.dtype.is_floating_point:
-                raise DemixError(f"{who} tensor '{name}' is {other.dtype}, the base's is {info.dtype}")
-
-
 def check_finite(tensor: torch.Tensor, name: str, where: str) -> None:
     """NaN or Inf in a checkpoint poisons every proxy: name the tensor and the checkpoint."""
     # One reduction (min/max propagate NaN; +-Inf is its own max/min): several times faster
@@ -255,22 +161,6 @@ def check_finite(tensor: torch.Tensor, name: str, where: str) -> None:
             f"tensor '{name}' of {where} holds {bad} NaN/Inf value(s)",
             "this checkpoint is broken (diverged training or a bad conversion): retrain or re-save it",
         )
-
-
-def weights_hash(path: str | Path) -> str:
-    """A content hash of a checkpoint's safetensors files (16 hex characters).
-
-    Recorded as ``base_hash`` in merged checkpoints so a proxy names the exact base it came from.
-    """
-    h = hashlib.sha256()
-    ckpt_dir = Path(path)
-    files = [f for f, _ in _safetensors_files(ckpt_dir, "checkpoint")]
-    for file in files:
-        h.update(file.name.encode())
-        with open(file, "rb") as fh:
-            while chunk := fh.read(1 << 24):
-                h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- writing
@@ -314,7 +204,7 @@ class ShardedWriter:
             shards[-1].append(item)
             size += nbytes
         n = len(shards)
-        self.names = [SINGLE_NAME] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        self.names = [SINGLE_FILE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
         self.shards = shards
         self.total_size = sum(math.prod(s) * d.itemsize for _, s, d in plan)
         self._order = [(i, name, shape, dtype) for i, shard in enumerate(shards) for name, shape, dtype in shard]
@@ -359,7 +249,7 @@ class ShardedWriter:
             self._fh = None
         if len(self.names) > 1:
             weight_map = {name: self.names[i] for i, name, _, _ in self._order}
-            write_json(self.staging / INDEX_NAME, {"metadata": {"total_size": self.total_size}, "weight_map": weight_map})
+            write_json(self.staging / INDEX_FILE, {"metadata": {"total_size": self.total_size}, "weight_map": weight_map})
 
     def close(self) -> None:
         if self._fh is not None:

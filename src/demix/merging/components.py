@@ -3,7 +3,7 @@
 Layout. Tensors are grouped by stored dtype (almost always one group). Per group, the base is
 one flat 1-D buffer and the components one ``[K, n]`` buffer, both in the stored dtype on the
 chosen device; tensor ``name`` is the slice ``[offset, offset + numel)`` of its group. A linear
-proxy is then one pass over these buffers (:func:`~demix.merging.methods.linear_combine`),
+proxy is then one pass over these buffers (:func:`~demix.merging.kernel.linear_combine`),
 and per-tensor views serve the other methods.
 
 Why components and not deltas: the stored components plus the base hold the same information
@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
+from demix.checkpoints import check_compatible
 from demix.errors import DemixError
-from demix.merging.checkpoint import Checkpoint, check_compatible, check_finite
+from demix.merging.checkpoint import Checkpoint, check_finite
 
 log = logging.getLogger("demix.merging")
 
@@ -92,7 +93,7 @@ class ComponentSet:
         components: Mapping[str, str | Path],
         device: str | torch.device = "cpu",
         check_values: bool = True,
-    ) -> "ComponentSet":
+    ) -> ComponentSet:
         """Read the base and the components (``{domain: checkpoint dir}``) onto ``device``.
 
         Checks, each a DemixError naming the first offending file or tensor: readable
@@ -106,7 +107,7 @@ class ComponentSet:
             raise DemixError(f"device '{device}' is not available", "use device='cpu' or run on a machine with a GPU")
         base = Checkpoint.open(base_dir, "base")
         comps = {d: Checkpoint.open(p, f"component '{d}'") for d, p in components.items()}
-        check_compatible(base, comps)
+        check_compatible(base.layout, {d: c.layout for d, c in comps.items()})
 
         # Groups by stored dtype; components stored wider than the base widen the group so
         # nothing is rounded on load.

@@ -17,153 +17,31 @@ the papers):
 - ``multislerp``: mergekit's barycentric interpolation on the hypersphere.
 
 Linear and task arithmetic are linear in their inputs: :meth:`MergeMethod.coefficients` gives
-their coefficients and the proxy builder runs them through :func:`linear_combine`, one fused
-pass over flat buffers (the fast path). The others go tensor by tensor through
-:meth:`MergeMethod.merge_tensor`.
-
-Randomness (DARE, DELLA) uses a ``torch.Generator`` seeded from (``seed``, tensor name,
-component index), so a tensor's mask depends neither on the order tensors are merged in nor
-on the mixture: every proxy of a search sees the same drop pattern.
+their coefficients and the proxy builder runs them through
+:func:`~demix.merging.kernel.linear_combine`, one fused pass over flat buffers (the fast path).
+The others go tensor by tensor through :meth:`MergeMethod.merge_tensor`; how they sparsify
+deltas (and why the random drops of DARE and DELLA are the same for every mixture) is
+:mod:`demix.merging.sparsify`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import os
-from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from demix.errors import DemixError
-
-# --------------------------------------------------------------------------- the fast kernel
-
-#: Elements per chunk of the eager CPU kernel: the fp32 accumulator and the converted input
-#: (64 KiB each) stay in cache, and the chunk is below torch's parallel grain (32768), so each
-#: op runs inline on its Python thread.
-CPU_CHUNK = 1 << 14
-#: On GPUs there is no cache to fit; big chunks keep kernel launches few.
-GPU_CHUNK = 1 << 24
-#: CPU merges of at least this many elements use the compiled fused kernel (when it compiles):
-#: one pass that reads each input once and writes the output once, at memory bandwidth. The
-#: eager kernel spends most of its time in per-op overhead (measured at 12% of the plain-copy
-#: bandwidth, against 100% or more for the fused one, see benchmarks/merge_speed.py).
-FUSED_MIN_ELEMENTS = 1 << 20
-
-_fused_kernel = None
-_fused_failed = False
-
-
-def _fused_body(out: torch.Tensor, inputs: list[torch.Tensor], coef: torch.Tensor) -> None:
-    # The sum over inputs is a Python loop, unrolled when traced: one fused elementwise kernel
-    # (a stacked .sum(0) compiles to a 3x slower reduction). Multiply and add stay separate ops,
-    # exactly as in the eager kernel, so both give bit-identical results.
-    acc = inputs[0].float() * coef[0]
-    for i in range(1, len(inputs)):
-        acc = acc + inputs[i].float() * coef[i]
-    out.copy_(acc)
-
-
-def _fused():
-    """The compiled kernel (torch.compile, C++ via inductor), or None if it cannot be built."""
-    global _fused_kernel, _fused_failed
-    if _fused_kernel is None and not _fused_failed:
-        if os.environ.get("DEMIX_MERGE_COMPILE", "1") == "0":
-            _fused_failed = True
-        else:
-            _fused_kernel = torch.compile(_fused_body, dynamic=True)
-    return _fused_kernel
-
-
-def _combine_range(out, inputs, coefs, start, stop, chunk) -> None:
-    acc_full = torch.empty(min(chunk, stop - start), dtype=torch.float32, device=out.device)
-    tmp_full = torch.empty_like(acc_full)
-    for lo in range(start, stop, chunk):
-        hi = min(lo + chunk, stop)
-        acc = acc_full[: hi - lo]
-        tmp = tmp_full[: hi - lo]
-        acc.copy_(inputs[0][lo:hi])
-        acc.mul_(coefs[0])
-        for x, a in zip(inputs[1:], coefs[1:]):
-            # Convert into an fp32 buffer first: a mixed-dtype op takes torch's slow path.
-            tmp.copy_(x[lo:hi])
-            tmp.mul_(a)
-            acc.add_(tmp)
-        out[lo:hi].copy_(acc)
-
-
-@torch.no_grad()
-def linear_combine(
-    out: torch.Tensor,
-    base: torch.Tensor | None,
-    components: Sequence[torch.Tensor],
-    coef_base: float,
-    coefs: Sequence[float],
-    chunk: int | None = None,
-    threads: int | None = None,
-    fused: bool | None = None,
-) -> torch.Tensor:
-    """``out = coef_base * base + sum_i coefs[i] * components[i]``, elementwise over 1-D tensors.
-
-    Inputs stay in their stored dtype; products and sums are fp32 (coefficients rounded to
-    fp32 once) and the result is cast once into ``out``. The order of operations per element is
-    fixed (base first, then components in order; multiply, then add), so the same inputs give
-    bit-identical outputs whatever ``out`` is a slice of and whichever kernel runs: proxies
-    built in memory equal merged checkpoints on disk.
-
-    Kernels: on CPU, ``fused`` (default: for at least FUSED_MIN_ELEMENTS) uses the compiled
-    kernel; otherwise an eager loop over cache-sized chunks split over ``threads`` Python threads
-    (torch releases the GIL inside ops). The eager loop skips zero coefficients (adding
-    ``0 * x`` to a finite sum changes nothing). On GPUs the eager loop uses big chunks.
-    """
-    n = out.numel()
-    if n == 0:
-        return out
-    on_cpu = out.device.type == "cpu"
-    # fp32 coefficients, so every kernel multiplies by the same numbers.
-    c32 = torch.tensor([coef_base, *coefs], dtype=torch.float32).tolist()
-    use_base = base is not None and coef_base != 0.0
-    inputs = ([base] if use_base else []) + list(components)
-    coef_list = ([c32[0]] if use_base else []) + c32[1:]
-    if fused is None:
-        fused = on_cpu and n >= FUSED_MIN_ELEMENTS
-    if fused and on_cpu:
-        global _fused_failed
-        kernel = _fused()
-        if kernel is not None:
-            try:
-                kernel(out, inputs, torch.tensor(coef_list, dtype=torch.float32))
-                return out
-            except Exception as exc:  # no C++ compiler, unsupported platform: eager is correct too
-                _fused_failed = True
-                logging.getLogger("demix.merging").warning("compiled merge kernel unavailable (%s); using eager", exc)
-    active = [(x, a) for x, a in zip(inputs, coef_list) if a != 0.0]
-    if not active:
-        out.zero_()
-        return out
-    inputs, coef_list = [x for x, _ in active], [a for _, a in active]
-    if chunk is None:
-        chunk = CPU_CHUNK if on_cpu else GPU_CHUNK
-    if threads is None:
-        threads = torch.get_num_threads() if on_cpu else 1
-    threads = max(1, min(threads, n // (4 * chunk)))
-    if threads == 1:
-        _combine_range(out, inputs, coef_list, 0, n, chunk)
-        return out
-    from concurrent.futures import ThreadPoolExecutor
-
-    per = -(-n // threads)
-    per = -(-per // chunk) * chunk  # chunk-aligned ranges
-    bounds = [(lo, min(lo + per, n)) for lo in range(0, n, per)]
-    with ThreadPoolExecutor(len(bounds)) as pool:
-        futures = [pool.submit(_combine_range, out, inputs, coef_list, lo, hi, chunk) for lo, hi in bounds]
-        for f in futures:
-            f.result()
-    return out
-
+from demix.merging.kernel import linear_combine
+from demix.merging.sparsify import (
+    generator,
+    rescale_l1,
+    sparsify_della,
+    sparsify_magnitude,
+    sparsify_outliers,
+    sparsify_random,
+    tensor_seed,
+)
 
 # --------------------------------------------------------------------------- registry
 
@@ -296,86 +174,6 @@ class TaskArithmetic(MergeMethod):
 # --------------------------------------------------------------------------- generalized task arithmetic
 
 
-def tensor_seed(seed: int, name: str, index: int) -> int:
-    """A 63-bit seed from (seed, tensor name, component index), independent of merge order."""
-    digest = hashlib.sha256(f"{seed}\0{name}\0{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def _generator(device: torch.device, seed: int) -> torch.Generator:
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
-    return gen
-
-
-def rescale_l1(delta: torch.Tensor, kept: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """``kept`` scaled so its L1 norm equals ``delta``'s (mergekit's ``rescale: true``)."""
-    before = delta.abs().sum()
-    after = kept.abs().sum()
-    if before < eps or after < eps:
-        return kept
-    return kept * (before / after)
-
-
-def sparsify_magnitude(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep the ``density`` fraction of largest |delta| (at least one element) (TIES)."""
-    if density >= 1:
-        return delta
-    if density <= 0 or delta.numel() == 0:
-        return torch.zeros_like(delta)
-    k = max(1, int(density * delta.numel()))
-    flat = delta.reshape(-1)
-    mask = torch.zeros_like(flat)
-    # argsort, not topk: equal magnitudes at the threshold are then broken the way mergekit does.
-    mask[torch.argsort(flat.abs(), descending=True)[:k]] = 1
-    return (flat * mask).view(delta.shape)
-
-
-def sparsify_outliers(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
-    """Breadcrumbs: drop the ``gamma`` fraction of largest |delta| and the smallest, keeping
-    ``density`` of the elements (fewer outliers are dropped when both do not fit)."""
-    if density >= 1:
-        return delta
-    n = delta.numel()
-    keep = int(density * n)
-    n_top = int(gamma * n)
-    n_bot = max(0, n - keep - n_top)
-    flat = delta.reshape(-1)
-    order = torch.sort(flat.abs(), descending=False).indices
-    mask = torch.zeros_like(flat)
-    mask[order[n_bot : n_bot + keep]] = 1
-    return (flat * mask).view(delta.shape)
-
-
-def bernoulli_mask(shape: torch.Size, prob: torch.Tensor | float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    probs = prob if isinstance(prob, torch.Tensor) else torch.full(shape, float(prob), device=device)
-    return torch.bernoulli(probs, generator=gen)
-
-
-def sparsify_random(delta: torch.Tensor, density: float, gen: torch.Generator) -> torch.Tensor:
-    """DARE: keep each element with probability ``density``."""
-    if density >= 1:
-        return delta
-    return delta * bernoulli_mask(delta.shape, density, gen, delta.device)
-
-
-def sparsify_della(delta: torch.Tensor, density: float, epsilon: float, gen: torch.Generator) -> torch.Tensor:
-    """DELLA MagPrune: within each row, keep probabilities rise linearly with the rank of
-    |delta| from ``density - epsilon`` (smallest) to ``density + epsilon`` (largest)."""
-    if density >= 1:
-        return delta
-    if density <= 0:
-        return torch.zeros_like(delta)
-    rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(delta.shape[0], -1)
-    cols = rows.shape[1]
-    ranks = torch.argsort(torch.argsort(rows.abs(), dim=1), dim=1).to(torch.float32)
-    # Ranks run 0..cols-1 in every row; a single column is at the middle probability.
-    rank_norm = ranks / (cols - 1) if cols > 1 else torch.full_like(ranks, 0.5)
-    probs = (density - epsilon) + rank_norm * (2 * epsilon)
-    mask = torch.bernoulli(probs, generator=gen)
-    return (rows * mask).view(delta.shape)
-
-
 class _GTAParams(_Params):
     lambda_: float = Field(default=1.0, alias="lambda")
     """Scale of the merged task vector."""
@@ -414,7 +212,7 @@ class GeneralizedTaskArithmetic(MergeMethod):
         elif self.sparsification == "outliers":
             kept = sparsify_outliers(delta, p.density, p.gamma)
         else:
-            gen = _generator(delta.device, tensor_seed(p.seed, name, index))
+            gen = generator(delta.device, tensor_seed(p.seed, name, index))
             if self.sparsification == "random":
                 kept = sparsify_random(delta, p.density, gen)
             else:

@@ -53,6 +53,11 @@ def _load(path: Path) -> dict[str, torch.Tensor]:
     return {n: ck.get(n).float() for n in ck.tensors}
 
 
+def _kept(state: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor], names: Sequence[str]) -> int:
+    """Delta elements a merge kept (nonzero ``state - base``) over the tensors ``names``."""
+    return sum(int(((state[n] - base[n]) != 0).sum()) for n in names)
+
+
 def _case_label(method: str, params: Mapping[str, Any]) -> str:
     return method + ("(" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")" if params else "")
 
@@ -91,9 +96,8 @@ def compare_with_mergekit(
         ours, theirs = _load(ours_dir), _load(workdir / f"mergekit{i}")
         common = [n for n in ours if n in theirs]
         if is_random:
-            kept = lambda sd: sum(int(((sd[n] - base[n]) != 0).sum()) for n in common)  # noqa: E731
             total = sum(base[n].numel() for n in common)
-            value = abs(kept(theirs) - kept(ours)) / total
+            value = abs(_kept(theirs, base, common) - _kept(ours, base, common)) / total
             compare = "kept_fraction_diff"
         else:
             value = max(float((ours[n] - theirs[n]).abs().max()) for n in common)

@@ -17,27 +17,96 @@ from typing import Any
 
 import torch
 
+from demix.checkpoints import Provenance, check_compatible, weights_hash
 from demix.errors import DemixError
 from demix.merging.checkpoint import (
     TOKENIZER_FILES,
     Checkpoint,
     ShardedWriter,
     StagedDir,
-    check_compatible,
     check_finite,
     copy_side_files,
     parse_dtype,
     parse_size,
-    weights_hash,
     write_config,
 )
-from demix.merging.methods import get_method, linear_combine
+from demix.merging.kernel import linear_combine
+from demix.merging.methods import MergeMethod, get_method
 from demix.mixtures import validate_mixture
-from demix.rundir import write_json
 
 log = logging.getLogger("demix.merging")
 
 DEFAULT_SHARD_SIZE = "2GB"
+
+
+Plan = list[tuple[str, tuple[int, ...], torch.dtype]]
+
+
+def _merge_weights(mixture: Mapping[str, float], domains: list[str], normalize: bool, raw_weights: bool) -> torch.Tensor:
+    """The weights in component order (float64): a validated mixture, or, with ``raw_weights``,
+    any finite weights of known components (mergekit configs)."""
+    if raw_weights:
+        unknown = [d for d in mixture if d not in domains]
+        if unknown:
+            raise DemixError(f"weights name unknown model(s) {unknown}", f"use the models {domains}")
+        wmap = {d: float(mixture.get(d, 0.0)) for d in domains}
+        bad = {d: v for d, v in wmap.items() if not torch.isfinite(torch.tensor(v))}
+        if bad:
+            raise DemixError(f"merge weights must be finite, got {bad}")
+    else:
+        wmap = validate_mixture(mixture, domains, normalize)
+    return torch.tensor([wmap[d] for d in domains], dtype=torch.float64)
+
+
+def _output_plan(base: Checkpoint, comps: Mapping[str, Checkpoint], out_dtype: torch.dtype | None) -> Plan:
+    """(name, shape, dtype) of every output tensor in the base's order: floating tensors in
+    ``out_dtype`` or the widest stored dtype of the inputs, integer buffers as stored."""
+    plan = []
+    for name, info in base.tensors.items():
+        stored = info.dtype
+        for c in comps.values():
+            stored = torch.promote_types(stored, c.tensors[name].dtype)
+        plan.append((name, info.shape, (out_dtype or stored) if stored.is_floating_point else stored))
+    return plan
+
+
+def _merged_tensor(
+    name: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    base: Checkpoint,
+    comps: Mapping[str, Checkpoint],
+    merge: MergeMethod,
+    coefs: tuple[float, list[float]] | None,
+    w32: torch.Tensor,
+) -> torch.Tensor:
+    """One output tensor, read from every input and merged exactly as the in-memory builder does."""
+    b = base.get(name)
+    check_finite(b, name, f"the base ({base.path})")
+    cts = []
+    for d, c in comps.items():
+        t = c.get(name)
+        check_finite(t, name, f"component '{d}' ({c.path})")
+        cts.append(t)
+    if not b.is_floating_point():
+        return b  # integer buffers are not merged: the base's value is kept
+    if coefs is not None:
+        stored = torch.promote_types(b.dtype, cts[0].dtype)
+        out = torch.empty(b.numel(), dtype=dtype)
+        linear_combine(out, b.to(stored).reshape(-1), [t.to(stored).reshape(-1) for t in cts], coefs[0], coefs[1])
+        return out.view(shape)
+    stacked = torch.stack([t.float() for t in cts])
+    return merge.merge_tensor(name, b.float(), stacked, w32).to(dtype)
+
+
+def _copy_side_files(base: Checkpoint, dst: Path, tokenizer_dir: str | Path | None) -> None:
+    """generation_config.json from the base; the tokenizer from ``tokenizer_dir`` (the base's
+    when that directory has none)."""
+    copy_side_files(base.path, dst, ("generation_config.json",))
+    tok_src = Path(tokenizer_dir) if tokenizer_dir else base.path
+    copied = copy_side_files(tok_src, dst, TOKENIZER_FILES)
+    if not copied and tok_src != base.path:
+        copy_side_files(base.path, dst, TOKENIZER_FILES)
 
 
 def write_merged(
@@ -68,30 +137,14 @@ def write_merged(
     comps = {d: Checkpoint.open(p, f"component '{d}'") for d, p in components.items()}
     if not comps:
         raise DemixError("no components to merge", "give at least one component checkpoint")
-    check_compatible(base, comps)
+    check_compatible(base.layout, {d: c.layout for d, c in comps.items()})
     domains = list(comps)
-    if raw_weights:
-        unknown = [d for d in mixture if d not in comps]
-        if unknown:
-            raise DemixError(f"weights name unknown model(s) {unknown}", f"use the models {domains}")
-        wmap = {d: float(mixture.get(d, 0.0)) for d in domains}
-        bad = {d: v for d, v in wmap.items() if not torch.isfinite(torch.tensor(v))}
-        if bad:
-            raise DemixError(f"merge weights must be finite, got {bad}")
-    else:
-        wmap = validate_mixture(mixture, domains, normalize)
-    w = torch.tensor([wmap[d] for d in domains], dtype=torch.float64)
+    w = _merge_weights(mixture, domains, normalize, raw_weights)
     merge.check_weights(w)
     coefs = merge.coefficients(w)
     w32 = w.to(torch.float32)
     out_dtype = parse_dtype(dtype)
-
-    plan = []
-    for name, info in base.tensors.items():
-        stored = info.dtype
-        for c in comps.values():
-            stored = torch.promote_types(stored, c.tensors[name].dtype)
-        plan.append((name, info.shape, (out_dtype or stored) if stored.is_floating_point else stored))
+    plan = _output_plan(base, comps, out_dtype)
     total = sum(base.tensors[n].nbytes for n, _, _ in plan)
 
     staged = StagedDir(out_dir, force=force)
@@ -101,26 +154,7 @@ def write_merged(
         done = 0
         try:
             for name, shape, dt in plan:
-                b = base.get(name)
-                check_finite(b, name, f"the base ({base.path})")
-                cts = []
-                for d, c in comps.items():
-                    t = c.get(name)
-                    check_finite(t, name, f"component '{d}' ({c.path})")
-                    cts.append(t)
-                if not b.is_floating_point():
-                    merged = b  # integer buffers are not merged: the base's value is kept
-                elif coefs is not None:
-                    stored = torch.promote_types(b.dtype, cts[0].dtype)
-                    out = torch.empty(b.numel(), dtype=dt)
-                    linear_combine(
-                        out, b.to(stored).reshape(-1), [t.to(stored).reshape(-1) for t in cts], coefs[0], coefs[1]
-                    )
-                    merged = out.view(shape)
-                else:
-                    stacked = torch.stack([t.float() for t in cts])
-                    merged = merge.merge_tensor(name, b.float(), stacked, w32).to(dt)
-                writer.write(name, merged)
+                writer.write(name, _merged_tensor(name, shape, dt, base, comps, merge, coefs, w32))
                 done += base.tensors[name].nbytes
                 if progress is not None:
                     progress(done, total)
@@ -128,28 +162,26 @@ def write_merged(
         finally:
             writer.close()
         write_config(base.config, staged.path, plan[0][2] if out_dtype is None else out_dtype)
-        copy_side_files(base.path, staged.path, ("generation_config.json",))
-        tok_src = Path(tokenizer_dir) if tokenizer_dir else base.path
-        copied = copy_side_files(tok_src, staged.path, TOKENIZER_FILES)
-        if not copied and tok_src != base.path:
-            copy_side_files(base.path, staged.path, TOKENIZER_FILES)
-        provenance = {
-            "role": "merged",
-            "mixture": {d: float(x) for d, x in zip(domains, w.tolist())},
-            "method": merge.name,
-            "params": merge.param_dict(),
-            "dtype": str(plan[0][2]).removeprefix("torch."),
-            "base": str(Path(base_dir).resolve()),
-            "base_hash": weights_hash(base.path),
-            "components": {d: str(Path(p).resolve()) for d, p in components.items()},
-            "raw_weights": raw_weights,
-            "seconds": round(time.perf_counter() - t0, 3),
-        }
-        provenance.update(extra_provenance or {})
-        write_json(staged.path / "demix.json", provenance)
+        _copy_side_files(base, staged.path, tokenizer_dir)
+        provenance = Provenance(
+            role="merged",
+            mixture={d: float(x) for d, x in zip(domains, w.tolist())},
+            base_hash=weights_hash(base.path),
+            details={
+                "method": merge.name,
+                "params": merge.param_dict(),
+                "dtype": str(plan[0][2]).removeprefix("torch."),
+                "base": str(Path(base_dir).resolve()),
+                "components": {d: str(Path(p).resolve()) for d, p in components.items()},
+                "raw_weights": raw_weights,
+                "seconds": round(time.perf_counter() - t0, 3),
+                **(extra_provenance or {}),
+            },
+        )
+        provenance.write(staged.path)  # written last: the directory is a finished model
         result = staged.commit()
     except BaseException:
         staged.abort()
         raise
-    log.info("wrote merged checkpoint %s (%s, %s)", result, merge.name, provenance["mixture"])
+    log.info("wrote merged checkpoint %s (%s, %s)", result, merge.name, provenance.mixture)
     return result

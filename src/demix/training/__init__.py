@@ -1,66 +1,52 @@
 """Training: the base, one component per domain, reference models and trained proxies.
 
-All four are one Hugging Face ``Trainer`` recipe on a mixture of the domains' packed train
-splits (token shares = mixture weights). Every finished model is a plain HF directory plus
-``demix.json`` (its provenance), and is never trained twice.
+With ``train.backend: hf`` all four are one Hugging Face ``Trainer`` recipe on a mixture of the
+domains' packed train splits (token shares = mixture weights); with ``command`` your own
+trainer trains the components and reference models (:mod:`demix.training.command`). Every
+finished model is a plain HF directory plus ``demix.json`` (its provenance, see
+:mod:`demix.checkpoints`), and is never trained twice.
 
-    from demix.training import train_base, train_components, component_dirs
+    from demix.training import finished_components, train_base, train_components
     train_base(config, run)
-    train_components(config, run)
-    component_dirs(config, run)   # {domain: directory}, ready for demix.merging
+    train_components(config, run)          # with train.backend
+    finished_components(config, run)       # {domain: directory}, ready for demix.merging
+
+Names are imported on first use, so ``import demix.training`` costs no torch.
 """
 
-from demix.training.data import MixtureDataset, allocate
-from demix.training.model import (
-    build_model,
-    check_compatible,
-    check_vocabulary,
-    heldout_loss,
-    load_checkpoint,
-    load_tokenizer,
-    tensor_shapes,
-    weights_hash,
-)
-from demix.training.recipe import (
-    TrainResult,
-    base_dir,
-    component_dirs,
-    component_mixture,
-    is_finished,
-    provenance_summary,
-    read_provenance,
-    reference_recipe,
-    resolve_device,
-    train_base,
-    train_component,
-    train_components,
-    train_on_mixture,
-)
-from demix.training.schedule import lr_multiplier
+from __future__ import annotations
 
-__all__ = [
-    "MixtureDataset",
-    "TrainResult",
-    "allocate",
-    "base_dir",
-    "build_model",
-    "check_compatible",
-    "check_vocabulary",
-    "component_dirs",
-    "component_mixture",
-    "heldout_loss",
-    "is_finished",
-    "load_checkpoint",
-    "load_tokenizer",
-    "lr_multiplier",
-    "provenance_summary",
-    "read_provenance",
-    "reference_recipe",
-    "resolve_device",
-    "tensor_shapes",
-    "train_base",
-    "train_component",
-    "train_components",
-    "train_on_mixture",
-    "weights_hash",
-]
+from typing import Any
+
+_LAZY = {
+    "MixtureDataset": "demix.training.data",
+    "allocate": "demix.training.data",
+    "build_model": "demix.training.model",
+    "check_vocabulary": "demix.training.model",
+    "heldout_loss": "demix.training.model",
+    "load_checkpoint": "demix.training.model",
+    "load_tokenizer": "demix.training.model",
+    "TrainResult": "demix.training.result",
+    "provenance_summary": "demix.training.result",
+    "component_mixture": "demix.training.roles",
+    "finished_components": "demix.training.roles",
+    "reference_recipe": "demix.training.roles",
+    "training_steps": "demix.training.roles",
+    "train_base": "demix.training.recipe",
+    "train_component": "demix.training.recipe",
+    "train_on_mixture": "demix.training.recipe",
+    "train_components": "demix.training.backends",
+    "quiet_transformers": "demix.training.trainer",
+    "lr_multiplier": "demix.training.schedule",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'demix.training' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

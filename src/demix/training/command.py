@@ -16,6 +16,9 @@ merging stage finds it like a component trained by the HF recipe.
     write_plan(config, run, plan)                # <run>/train_commands/...
     execute_plan(config, run, plan)              # run, convert, register (skips finished ones)
     register_finished(config, run, plan)         # after Slurm: register what exists
+
+``train.backend: command`` makes :func:`demix.training.train_components` (``demix run``,
+``demix train components``) use this backend through :func:`train_components_by_command`.
 """
 
 from __future__ import annotations
@@ -27,14 +30,30 @@ import string
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from demix.config import RunConfig
+from demix.checkpoints import (
+    CONFIG_FILE,
+    Layout,
+    Provenance,
+    base_dir,
+    base_hash_of,
+    check_compatible,
+    components_to_train,
+    is_finished,
+    read_provenance,
+    safetensors_files,
+)
+from demix.config import RunConfig, TrainRecipe
 from demix.errors import DemixError
 from demix.mixtures import mixture_key, validate_mixture
 from demix.rundir import RunDir, atomic_write_text, write_json
+from demix.training.roles import component_mixture, reference_recipe
+
+if TYPE_CHECKING:
+    from demix.search.files import BestMixture
+    from demix.training.result import TrainResult
 
 log = logging.getLogger("demix.training.command")
 
@@ -80,26 +99,27 @@ def _fill(template: str, values: Mapping[str, Any], allowed: Sequence[str], what
     return template.format_map({k: values[k] for k in names})
 
 
-def _recipe(config: RunConfig, role: str):
-    from demix.training.recipe import reference_recipe
-
+def _recipe(config: RunConfig, role: str) -> TrainRecipe:
     return config.train.components if role == "component" else reference_recipe(config)
 
 
-def _mixture_document(config: RunConfig, run: RunDir, mixture: Mapping[str, float], tokens: int) -> dict[str, Any]:
-    """A ``best_mixture.json``-like document the exporters render: weights, budget, epochs."""
+def _mixture_document(config: RunConfig, run: RunDir, mixture: Mapping[str, float], tokens: int) -> BestMixture:
+    """The ``best_mixture.json`` record the exporters render for one run: weights, budget, and
+    epochs (and mean document lengths) when the packed data says how big each domain is."""
+    from demix.search.files import BestMixture
+
     domains = config.data.domain_names
-    doc: dict[str, Any] = {"weights": {d: float(mixture.get(d, 0.0)) for d in domains}, "target_tokens": int(tokens)}
+    doc = BestMixture(weights={d: float(mixture.get(d, 0.0)) for d in domains}, target_tokens=int(tokens))
     counts, docs = {}, {}
     for d in domains:
-        meta = run.data / d / "train.meta.json"
+        meta = run.split_meta(d)
         if meta.is_file():
             m = json.loads(meta.read_text())
             counts[d], docs[d] = int(m["tokens"]), int(m.get("documents", 0))
     if len(counts) == len(domains):
-        doc["epochs"] = {d: (doc["weights"][d] * tokens / counts[d]) if counts[d] else None for d in domains}
+        doc.epochs = {d: (doc.weights[d] * tokens / counts[d]) if counts[d] else None for d in domains}
         if all(docs.values()):
-            doc["mean_document_tokens"] = {d: counts[d] / docs[d] for d in domains}
+            doc.mean_document_tokens = {d: counts[d] / docs[d] for d in domains}
     return doc
 
 
@@ -113,7 +133,6 @@ def plan_command_runs(
     """Render every run: components of ``domains`` (default: all not in ``train.components.paths``)
     when ``"component"`` is in ``roles``, and one reference model per mixture of ``mixtures``."""
     from demix.exporters import get_exporter
-    from demix.training.recipe import base_dir, component_mixture
 
     cmd = config.train.command
     if not cmd.template:
@@ -129,10 +148,11 @@ def plan_command_runs(
     if bad:
         raise DemixError(f"train.command.data_prefixes names unknown domain(s) {bad}", f"use the run's domains {config.data.domain_names}")
     init = str(Path(base_dir(config, run)).resolve())
-    root = run.root.resolve()
+    # Commands run elsewhere (Slurm nodes, another cwd): every path in them is absolute.
+    absolute = RunDir(run.root.resolve())
     wanted: list[tuple[str, str | None, dict[str, float], Path]] = []
     if "component" in roles:
-        for d in domains if domains is not None else [d for d in config.data.domain_names if d not in config.train.components.paths]:
+        for d in domains if domains is not None else components_to_train(config):
             wanted.append(("component", d, component_mixture(config, d), run.component(d)))
     if "reference" in roles or mixtures:
         for m in mixtures:
@@ -143,8 +163,8 @@ def plan_command_runs(
         recipe = _recipe(config, role)
         name = f"component-{domain}" if role == "component" else f"reference-{mixture_key(mixture)}"
         hf_dir = Path(hf_dir).resolve()
-        output_dir = (root / "models" / "_trainer_output" / name) if cmd.converter else hf_dir
-        mixture_file = root / "train_commands" / f"{name}{exporter.suffix}"
+        output_dir = (absolute.trainer_outputs / name) if cmd.converter else hf_dir
+        mixture_file = absolute.train_commands / f"{name}{exporter.suffix}"
         values = {
             "data_mixture_file": shlex.quote(str(mixture_file)),
             "output_dir": shlex.quote(str(output_dir)),
@@ -157,7 +177,7 @@ def plan_command_runs(
             "lr": recipe.lr,
             "batch_size": recipe.batch_size,
             "seq_len": config.model.seq_len,
-            "run_dir": shlex.quote(str(root)),
+            "run_dir": shlex.quote(str(absolute.root)),
         }
         command = _fill(cmd.template, values, PLACEHOLDERS, "train.command.template")
         converter = None
@@ -184,15 +204,15 @@ def render_mixture_file(config: RunConfig, run: RunDir, plan: CommandRun) -> str
 
 def render_slurm_array(config: RunConfig, run: RunDir, plans: Sequence[CommandRun]) -> str:
     """A Slurm array script: task i runs plan i's command (and converter)."""
-    root = run.root.resolve()
+    absolute = RunDir(run.root.resolve())
     lines = [
         "#!/usr/bin/env bash",
         f"#SBATCH --job-name=demix-{config.name}",
         f"#SBATCH --array=0-{len(plans) - 1}",
-        f"#SBATCH --output={root}/logs/slurm-%A_%a.out",
+        f"#SBATCH --output={absolute.logs}/slurm-%A_%a.out",
         *[f"#SBATCH {opt}" for opt in config.train.command.slurm_options],
         "# Written by `demix train command`; after the jobs finish, register the checkpoints with",
-        f"#   demix train command {root / 'config.yaml'} --register",
+        f"#   demix train command {absolute.config} --register",
         "set -euo pipefail",
         "case \"$SLURM_ARRAY_TASK_ID\" in",
     ]
@@ -206,7 +226,7 @@ def render_slurm_array(config: RunConfig, run: RunDir, plans: Sequence[CommandRu
 def write_plan(config: RunConfig, run: RunDir, plans: Sequence[CommandRun]) -> Path:
     """Write every mixture file, ``commands.sh``, ``plan.json`` (and ``slurm_array.sh`` when
     ``train.command.slurm``) under ``<run>/train_commands``; returns that directory."""
-    out = run.root / "train_commands"
+    out = run.train_commands
     for p in plans:
         atomic_write_text(Path(p.mixture_file), render_mixture_file(config, run, p))
     script = ["#!/usr/bin/env bash", "# Written by `demix train command`: one trainer run per line.", "set -euo pipefail"]
@@ -219,36 +239,31 @@ def write_plan(config: RunConfig, run: RunDir, plans: Sequence[CommandRun]) -> P
     return out
 
 
-def register_checkpoint(config: RunConfig, run: RunDir, plan: CommandRun) -> dict[str, Any]:
+def register_checkpoint(config: RunConfig, run: RunDir, plan: CommandRun) -> Provenance:
     """Check that ``plan.hf_dir`` holds a HF safetensors checkpoint that merges with the base and
     write its ``demix.json``; returns the provenance."""
-    from demix.training.model import check_compatible, safetensors_files, weights_hash
-    from demix.training.recipe import PROVENANCE, read_provenance
-
     hf = Path(plan.hf_dir)
-    if (hf / PROVENANCE).is_file():
+    if is_finished(hf):
         return read_provenance(hf)
-    if not (hf / "config.json").is_file():
+    if not (hf / CONFIG_FILE).is_file():
         raise DemixError(
             f"run {plan.name} left no HF checkpoint at '{hf}' (no config.json)",
             "make the trainer save HF safetensors there, or set train.command.converter to convert its output",
         )
-    safetensors_files(hf)
-    check_compatible(Path(plan.init), hf, f"{plan.role} '{plan.domain or plan.name}'")
-    init = Path(plan.init)
-    base_hash = read_provenance(init).get("base_hash") if (init / PROVENANCE).is_file() else weights_hash(init)
-    provenance = {
-        "role": plan.role,
-        "domain": plan.domain,
-        "mixture": {d: w for d, w in plan.mixture.items() if w > 0},
-        "base_hash": base_hash,
-        "init": plan.init,
-        "tokens_seen": plan.tokens,
-        "schedule": {"trainer": "command", "command": plan.command, "converter": plan.converter},
-        "seed": plan.seed,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    write_json(hf / PROVENANCE, provenance)  # written last: the directory is now a finished model
+    who = plan.domain or plan.name
+    safetensors_files(hf, f"{plan.role} '{who}'")
+    check_compatible(Layout.read(plan.init, "base"), {who: Layout.read(hf, f"{plan.role} '{who}'")}, plan.role)
+    provenance = Provenance(
+        role=plan.role,
+        domain=plan.domain,
+        mixture={d: w for d, w in plan.mixture.items() if w > 0},
+        base_hash=base_hash_of(plan.init),
+        init=plan.init,
+        tokens_seen=plan.tokens,
+        seed=plan.seed,
+        schedule={"trainer": "command", "command": plan.command, "converter": plan.converter},
+    )
+    provenance.write(hf)  # written last: the directory is now a finished model
     return provenance
 
 
@@ -258,9 +273,9 @@ def register_finished(config: RunConfig, run: RunDir, plans: Sequence[CommandRun
     registered, missing = [], []
     for p in plans:
         hf, out = Path(p.hf_dir), Path(p.output_dir)
-        if p.converter and not (hf / "config.json").is_file() and out.is_dir() and any(out.iterdir()):
+        if p.converter and not (hf / CONFIG_FILE).is_file() and out.is_dir() and any(out.iterdir()):
             _shell(p.converter, run, f"converter of {p.name}")
-        if (hf / "config.json").is_file():
+        if (hf / CONFIG_FILE).is_file():
             register_checkpoint(config, run, p)
             registered.append(p.name)
         else:
@@ -270,29 +285,27 @@ def register_finished(config: RunConfig, run: RunDir, plans: Sequence[CommandRun
 
 def _shell(command: str, run: RunDir, what: str) -> None:
     log.info("running %s: %s", what, command)
-    run.log.parent.mkdir(parents=True, exist_ok=True)
-    with open(run.root / "logs" / "train_commands.log", "a") as fh:
+    run.train_commands_log.parent.mkdir(parents=True, exist_ok=True)
+    with open(run.train_commands_log, "a") as fh:
         fh.write(f"$ {command}\n")
         fh.flush()
         res = subprocess.run(command, shell=True, cwd=run.root, stdout=fh, stderr=subprocess.STDOUT)
     if res.returncode != 0:
         raise DemixError(
             f"the {what} failed with exit code {res.returncode}: {command}",
-            f"see {run.root / 'logs' / 'train_commands.log'}; finished runs are kept and skipped on the next call",
+            f"see {run.train_commands_log}; finished runs are kept and skipped on the next call",
         )
 
 
 def execute_plan(config: RunConfig, run: RunDir, plans: Sequence[CommandRun]) -> list[str]:
     """Run each unfinished plan here, one after the other: command, converter, registration.
     Returns the names trained now (finished ones, holding ``demix.json``, are skipped)."""
-    from demix.training.recipe import is_finished
-
     write_plan(config, run, plans)
     done = []
     for p in plans:
         if is_finished(p.hf_dir):
             continue
-        if not (Path(p.hf_dir) / "config.json").is_file():  # a crash after training: just register
+        if not (Path(p.hf_dir) / CONFIG_FILE).is_file():  # a crash after training: just register
             _shell(p.command, run, f"trainer command of {p.name}")
             if p.converter:
                 _shell(p.converter, run, f"converter of {p.name}")
@@ -309,3 +322,27 @@ def describe(plans: Sequence[CommandRun]) -> str:
         if p.converter:
             out.append(p.converter)
     return "\n".join(out) + "\n"
+
+
+def train_components_by_command(config: RunConfig, run: RunDir, domains: Sequence[str]) -> dict[str, TrainResult]:
+    """The components of ``domains`` trained by ``train.command.template``, one after the other
+    here; with ``train.command.slurm`` the plan is written for Slurm and, while some run is
+    unfinished, a DemixError says how to submit and register it. Returns domain -> result."""
+    from demix.training.result import TrainResult
+
+    plans = plan_command_runs(config, run, ("component",), domains=domains)
+    if config.train.command.slurm:
+        out = write_plan(config, run, plans)
+        waiting = [p.name for p in plans if not is_finished(p.hf_dir)]
+        if waiting:
+            raise DemixError(
+                f"train.command.slurm is set: {len(waiting)} component run(s) are left to Slurm ({', '.join(waiting)})",
+                f"submit them with `sbatch {out / 'slurm_array.sh'}`, after the jobs finish run "
+                f"`demix train command {run.config.resolve()} --register`, then run this command again",
+            )
+        trained: set[str] = set()
+    else:
+        trained = set(execute_plan(config, run, plans))
+    return {
+        str(p.domain): TrainResult(Path(p.hf_dir), read_provenance(p.hf_dir), skipped=p.name not in trained) for p in plans
+    }

@@ -1,20 +1,20 @@
-"""Models and checkpoints: build a fresh base from ModelConfig, load HF checkpoints from
-safetensors only, hash weights, and check that checkpoints can be merged with the base."""
+"""Models for training: build a fresh base from ModelConfig, load HF checkpoints from
+safetensors only, check a checkpoint against the run's tokenizer, score held-out loss.
+
+What a checkpoint on disk holds (shards, headers, hashes, compatibility) is
+:mod:`demix.checkpoints`'s; this module adds what needs torch and transformers."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from demix.checkpoints import read_hf_config, safetensors_files
 from demix.config import ModelConfig
 from demix.errors import DemixError
 from demix.rundir import RunDir
-
-SAFETENSORS_INDEX = "model.safetensors.index.json"
 
 
 def load_tokenizer(run: RunDir):
@@ -64,67 +64,6 @@ def build_model(model: ModelConfig, tokenizer, seed: int) -> torch.nn.Module:
     return AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
 
 
-def read_hf_config(path: Path) -> dict[str, Any]:
-    """``config.json`` of a checkpoint directory as plain JSON (no model code is run)."""
-    cfg = Path(path) / "config.json"
-    if not cfg.is_file():
-        raise DemixError(f"'{path}' is not a Hugging Face checkpoint: it has no config.json", "point to a directory written by save_pretrained")
-    try:
-        return json.loads(cfg.read_text())
-    except json.JSONDecodeError as exc:
-        raise DemixError(f"'{cfg}' is not valid JSON ({exc})", "restore the checkpoint's config.json") from None
-
-
-def safetensors_files(path: Path) -> list[Path]:
-    """The weight files of a checkpoint: one ``model.safetensors`` or the shards its index names.
-
-    Pickled weights (``pytorch_model.bin``) are refused: loading them can run arbitrary code.
-    """
-    path = Path(path)
-    index = path / SAFETENSORS_INDEX
-    if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        missing = [n for n in names if not (path / n).is_file()]
-        if missing:
-            raise DemixError(f"checkpoint '{path}' lacks shard file(s) {missing} named in its index", "copy the missing files or re-save the checkpoint")
-        return [path / n for n in names]
-    single = path / "model.safetensors"
-    if single.is_file():
-        return [single]
-    if any(path.glob("*.bin")) or any(path.glob("*.pt")):
-        raise DemixError(
-            f"checkpoint '{path}' has pickled weights but no safetensors",
-            "convert it: AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir) (safetensors is the default)",
-        )
-    raise DemixError(f"checkpoint '{path}' has no model.safetensors", "point to a directory written by save_pretrained")
-
-
-def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape of a checkpoint, read from the safetensors headers only."""
-    from safetensors import safe_open
-
-    shapes: dict[str, tuple[int, ...]] = {}
-    for f in safetensors_files(path):
-        try:
-            with safe_open(str(f), framework="pt") as fh:
-                for name in fh.keys():
-                    shapes[name] = tuple(fh.get_slice(name).get_shape())
-        except Exception as exc:  # safetensors raises its own error types for corrupt headers
-            raise DemixError(f"weight file '{f}' cannot be read ({exc}); truncated or corrupt?", "re-save or re-copy the checkpoint") from None
-    return shapes
-
-
-def weights_hash(path: Path) -> str:
-    """sha256 over a checkpoint's safetensors files (names and bytes, in name order)."""
-    h = hashlib.sha256()
-    for f in safetensors_files(path):
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
 def check_vocabulary(tokenizer, path: Path, what: str = "checkpoint") -> None:
     """The tokenizer's ids must index the checkpoint's embedding; a tokenizer saved with the
     checkpoint must be the run's tokenizer."""
@@ -142,34 +81,6 @@ def check_vocabulary(tokenizer, path: Path, what: str = "checkpoint") -> None:
                 f"the {what} '{path}' was trained with another tokenizer ({len(own)} tokens) than the run's ({n} tokens)",
                 fix,
             )
-
-
-def check_compatible(base: Path, other: Path, what: str = "component") -> None:
-    """``other`` can be merged with ``base``: same model type, vocabulary size, tensor names and shapes.
-
-    Raises DemixError naming the first difference.
-    """
-    bc, oc = read_hf_config(base), read_hf_config(other)
-    fix = f"train the {what} from this base (same architecture and tokenizer), or point to the matching base"
-    if bc.get("model_type") != oc.get("model_type"):
-        raise DemixError(
-            f"{what} '{other}' is a '{oc.get('model_type')}' model but the base '{base}' is a '{bc.get('model_type')}' model", fix
-        )
-    if bc.get("vocab_size") != oc.get("vocab_size"):
-        raise DemixError(
-            f"{what} '{other}' has vocab_size {oc.get('vocab_size')} but the base '{base}' has {bc.get('vocab_size')}", fix
-        )
-    bs, os_ = tensor_shapes(base), tensor_shapes(other)
-    for name, shape in bs.items():
-        if name not in os_:
-            raise DemixError(f"{what} '{other}' lacks tensor '{name}' of the base '{base}'", fix)
-        if os_[name] != shape:
-            raise DemixError(
-                f"tensor '{name}' has shape {list(os_[name])} in {what} '{other}' but {list(shape)} in the base '{base}'", fix
-            )
-    extra = [n for n in os_ if n not in bs]
-    if extra:
-        raise DemixError(f"{what} '{other}' has tensor '{extra[0]}' that the base '{base}' lacks", fix)
 
 
 def load_checkpoint(path: Path, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32) -> torch.nn.Module:

@@ -12,15 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from search_fixtures import DOMAINS, OPTIMUM, TOKENS, distance, make_config, synthetic_result  # noqa: E402
-
-from demix.errors import DemixError  # noqa: E402
-from demix.mixtures import mixture_key  # noqa: E402
-from demix.rundir import RunDir  # noqa: E402
-from demix.search import run_search  # noqa: E402
-from demix.store import Store  # noqa: E402
+from demix.errors import DemixError
+from demix.mixtures import mixture_key
+from demix.rundir import RunDir
+from demix.search import LiveSearchDisplay, run_search
+from demix.store import Store
+from search_fixtures import DOMAINS, TOKENS, distance, make_config, synthetic_result
 
 
 class CountingScorer:
@@ -38,7 +35,7 @@ def test_search_finds_the_optimum_writes_its_files_and_resumes_without_rescoring
     run = RunDir(tmp_path / "run")
     config = make_config(run.root, rounds=[24, 12, 6])
     scorer = CountingScorer(noise=0.01)
-    result = run_search(config, run, scorer, TOKENS, progress=False)
+    result = run_search(config, run, scorer, TOKENS)
     assert len(scorer.calls) == 42 == len(set(scorer.calls)) == result.evaluations == result.evaluated_now
     natural = {d: TOKENS[d] / sum(TOKENS.values()) for d in DOMAINS}
     assert distance(result.weights) < 0.2 < distance(natural) + 0.2
@@ -80,14 +77,14 @@ def test_search_finds_the_optimum_writes_its_files_and_resumes_without_rescoring
     assert spread[1] < spread[0] and spread[2] < spread[0]
 
     again = CountingScorer()
-    result2 = run_search(config, run, again, TOKENS, progress=False)
+    result2 = run_search(config, run, again, TOKENS)
     assert again.calls == [] and result2.evaluated_now == 0
     assert result2.weights == pytest.approx(result.weights)
 
 
 def test_killed_search_resumes_without_losing_or_repeating_evaluations(tmp_path):
     run_dir, calls = tmp_path / "run", tmp_path / "calls.txt"
-    worker = [sys.executable, str(Path(__file__).parent / "_search_worker.py"), str(run_dir), str(calls)]
+    worker = [sys.executable, str(Path(__file__).parents[1] / "_search_worker.py"), str(run_dir), str(calls)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([*worker, "0.3"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
@@ -133,7 +130,7 @@ def test_bad_objective_fails_before_any_evaluation(tmp_path):
     ]:
         config = make_config(tmp_path / "run", rounds=[4], **search)
         with pytest.raises(DemixError, match=match):
-            run_search(config, RunDir(tmp_path / "run"), scorer, TOKENS, progress=False)
+            run_search(config, RunDir(tmp_path / "run"), scorer, TOKENS)
     assert scorer.calls == []
 
 
@@ -142,8 +139,9 @@ def test_constraints_and_bounds_shape_the_choice(tmp_path):
     config = make_config(
         run.root, rounds=[30], constraints=["weight.code >= 0.35"], bounds={"upper": {"general": 0.45}}
     )
-    # progress=True: the rich progress bar and live table run too.
-    result = run_search(config, run, CountingScorer(), TOKENS, progress=True)
+    # The rich progress bar and live table run too.
+    with LiveSearchDisplay(DOMAINS) as display:
+        result = run_search(config, run, CountingScorer(), TOKENS, on_event=display)
     assert result.weights["code"] >= 0.35 - 1e-9
     assert result.weights["general"] <= 0.45 + 1e-9
     planned = json.loads((run.round_dir(0) / "planned.json").read_text())["mixtures"]
@@ -159,7 +157,7 @@ def test_unknown_benchmark_direction_is_an_error(tmp_path):
 
     config = make_config(tmp_path / "run", rounds=[4])
     with pytest.raises(DemixError, match="direction of benchmark"):
-        run_search(config, RunDir(tmp_path / "run"), scorer, TOKENS, progress=False)
+        run_search(config, RunDir(tmp_path / "run"), scorer, TOKENS)
 
 
 def test_search_cli_needs_prepared_data(tmp_path):
@@ -180,17 +178,39 @@ def test_evaluations_of_retrained_components_are_refused(tmp_path):
         d.mkdir(parents=True)
         (d / "model.safetensors").write_bytes(b"weights")
     scorer = CountingScorer()
-    run_search(config, run, scorer, TOKENS, progress=False)
+    run_search(config, run, scorer, TOKENS)
     with Store(run.store_url) as store:
         stored = {e.provenance["components"] for e in store.evaluations_done()}
     assert len(stored) == 1 and None not in stored
 
     # Same components: the resumed search reuses everything.
-    run_search(config, run, scorer, TOKENS, progress=False)
+    run_search(config, run, scorer, TOKENS)
     assert len(scorer.calls) == 6
 
     # A retrained component (new weights file): the stored proxies are stale.
     (run.component(DOMAINS[1]) / "model.safetensors").write_bytes(b"retrained weights")
     with pytest.raises(DemixError, match="merged evaluation\\(s\\) of other components"):
-        run_search(config, run, scorer, TOKENS, progress=False)
+        run_search(config, run, scorer, TOKENS)
     assert len(scorer.calls) == 6
+
+
+def test_on_event_hears_each_round_evaluation_and_ranking(tmp_path):
+    from demix.search import SearchEvent
+
+    run = RunDir(tmp_path / "run")
+    config = make_config(run.root, rounds=[6, 3])
+    events: list[SearchEvent] = []
+    run_search(config, run, CountingScorer(), TOKENS, on_event=events.append)
+    kinds = [e.kind for e in events]
+    assert kinds == ["round_started", *["proxy_evaluated"] * 6, "round_ranked", "round_started",
+                     *["proxy_evaluated"] * 3, "round_ranked"]
+    assert (events[0].round, events[0].planned, events[0].done) == (0, 6, 0)
+    ranked = events[7]
+    assert ranked.evaluations == 6 and ranked.ranking.weights.shape == (4000, 3)
+    assert ranked.ranking.mean == pytest.approx(list(json.loads((run.round_dir(0) / "selection.json").read_text())["weights"].values()))
+
+    # Resumed: every planned mixture is done, nothing is evaluated.
+    events.clear()
+    run_search(config, run, CountingScorer(), TOKENS, on_event=events.append)
+    assert [(e.kind, e.planned, e.done) for e in events if e.kind == "round_started"] == [("round_started", 6, 6), ("round_started", 3, 3)]
+    assert "proxy_evaluated" not in [e.kind for e in events]

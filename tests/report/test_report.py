@@ -26,7 +26,7 @@ def searched(tmp_path_factory):
     run = RunDir(root)
     save_config(config, run.config)
     rng = np.random.default_rng(0)
-    run_search(config, run, lambda m: synthetic_result(m, noise=0.01, rng=rng), TOKENS, progress=False)
+    run_search(config, run, lambda m: synthetic_result(m, noise=0.01, rng=rng), TOKENS)
     return config, run
 
 
@@ -85,6 +85,8 @@ def test_fidelity_results_add_their_figures(searched, tmp_path):
     import shutil
 
     from demix.fidelity import compare
+    from demix.fidelity.files import FidelityResults, SummaryRow
+    from demix.fidelity.references import ReferenceMixture
     from demix.report import write_report
 
     config, src = searched
@@ -96,12 +98,12 @@ def test_fidelity_results_add_their_figures(searched, tmp_path):
     rep = compare(reference, merged, proxy_kind="merged", bootstrap=50)
     weights = {k: {c: float(rng.uniform()) for c in ("general", "math", "code")} for k in reference}
     own = compare(reference, weights, proxy_kind="own_weight", bootstrap=50)
-    write_json(run.fidelity / "fidelity.json", {
-        "version": 1,
-        "reports": {"merged": rep.to_dict()},
-        "baselines": {"own_weight": own.to_dict()},
-        "summary": [{"proxy_kind": "merged", "flops": 3.0e12, "spearman": rep.macro["spearman"].to_dict()}],
-    })
+    FidelityResults(
+        mixtures=[ReferenceMixture(k, {"general": 0.5, "math": 0.3, "code": 0.2}, "sampled") for k in reference],
+        reports={"merged": rep},
+        baselines={"own_weight": own},
+        summary=[SummaryRow.of("merged", rep, {"flops": 3.0e12, "train_tokens": 10**6, "eval_tokens": 10**5})],
+    ).write(run.fidelity_files.results)
     files = write_report(run)
     names = {f.name for f in files.figures}
     assert {"fidelity_scatter", "fidelity_compute"} <= names
@@ -129,3 +131,57 @@ def test_report_bad_input(tmp_path, searched, capsys):
     assert exc.value.code == 1
     err = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
     assert "no chosen mixture yet" in err and "demix run" in err
+    # A hand-written best_mixture.json (weights only) is a mixture, not a search result to report on.
+    write_json(half.best_mixture, {"weights": {"general": 0.5, "math": 0.3, "code": 0.2}})
+    with pytest.raises(DemixError, match="no search result"):
+        write_report(half)
+
+
+def test_report_figures_in_report_order_and_import_light():
+    """The registry names the PNGs; importing the report pulls in neither the pipeline (which
+    imports the report) nor matplotlib or torch."""
+    import subprocess
+    import sys
+
+    from demix.report.figures import FIGURES
+
+    assert [name for name, _ in FIGURES] == ["weights", "predicted_vs_measured", "cv_quality", "weight_histograms",
+                                             "pool_scores", "pareto", "fidelity_scatter", "fidelity_compute"]
+    code = ("import sys, demix.report, demix.report.figures, demix.report.render; "
+            "print(sorted(m for m in ('demix.pipeline', 'matplotlib', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_audit_of_components_on_disk(searched, tmp_path):
+    """Without fidelity/audit.json the report audits the configured base and components itself."""
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    from demix.report import write_report
+
+    config, src = searched
+    run = RunDir(tmp_path / "copy")
+    shutil.copytree(src.root, run.root)
+    g = torch.Generator().manual_seed(0)
+    base = {"model.embed_tokens.weight": torch.randn(16, 8, generator=g),
+            "model.layers.0.mlp.up_proj.weight": torch.randn(8, 8, generator=g)}
+
+    def checkpoint(name, tensors):
+        (tmp_path / name).mkdir()
+        save_file(tensors, str(tmp_path / name / "model.safetensors"), metadata={"format": "pt"})
+        (tmp_path / name / "config.json").write_text('{"model_type": "llama", "hidden_size": 8, "vocab_size": 16}')
+        return str(tmp_path / name)
+
+    scales = {"general": 0.02, "math": 0.9, "code": 0.05}  # math: far too large an update to merge
+    paths = {d: checkpoint(d, {k: v + s * v.norm() / v.numel() ** 0.5 * torch.randn(v.shape, generator=g) for k, v in base.items()})
+             for d, s in scales.items()}
+    config = config.model_copy(update={
+        "model": config.model.model_copy(update={"base_path": checkpoint("base", base)}),
+        "train": config.train.model_copy(update={"components": config.train.components.model_copy(update={"paths": paths})}),
+    })
+    md = write_report(run, config).markdown.read_text().replace("\\|", "|")
+    assert "| component | ||delta|| / ||base|| | cos with general | cos with math | cos with code |" in md
+    assert "| critical | large_delta | math |" in md and "Not available" not in md

@@ -1,0 +1,281 @@
+"""``best_mixture.json`` as a typed record (:class:`BestMixture`), with its one writer and
+reader, and the reading rules every search file follows (:mod:`demix.search.round_files` holds
+the files of each round).
+
+The path comes from :attr:`demix.rundir.RunDir.best_mixture`. The layout on disk is the one
+demix always wrote: ``BestMixture.read(path).to_dict()`` gives back the JSON that was read. A
+missing or garbled file, or a weight that is not a number, is a DemixError naming the file and
+the fix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from demix.errors import DemixError
+from demix.rundir import read_run_file, write_json
+
+T = TypeVar("T")
+
+TOKEN_SHARE_UNIT = "token share (fraction of training tokens drawn from each domain)"
+#: The fix of a garbled search file: the search writes it again.
+RERUN = "rerun `demix search` on the run directory (it writes the search's files again)"
+
+
+def read_record(path: str | Path, what: str, missing_fix: str, build: Callable[[Any], T], fix: str = RERUN) -> T:
+    """Parse a JSON run file with ``build``; every failure names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DemixError(f"'{path}' does not exist", missing_fix)
+    data = read_run_file(path, fix)
+    try:
+        if not isinstance(data, dict):
+            raise TypeError(f"it holds a JSON {type(data).__name__}, not an object")
+        return build(data)
+    except KeyError as exc:
+        raise DemixError(f"'{path}' is not a {what} (no key {exc})", fix) from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise DemixError(f"'{path}' is not a {what} ({exc})", fix) from None
+
+
+def json_number(x: Any, what: str) -> Any:
+    """``x`` unchanged when it is a JSON number (so a round trip writes it back as it was)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise ValueError(f"{what} is {x!r}, not a number")
+    return x
+
+
+def json_numbers(data: Any, what: str, optional: bool = False) -> dict[str, Any]:
+    """A ``{name: number}`` mapping (None values allowed when ``optional``)."""
+    if not isinstance(data, Mapping):
+        raise TypeError(f"{what} is not a mapping")
+    return {str(k): v if (optional and v is None) else json_number(v, f"{what} '{k}'") for k, v in data.items()}
+
+
+def json_mixture(data: Any, what: str = "weight") -> dict[str, float]:
+    weights = json_numbers(data, what)
+    if not weights:
+        raise ValueError("the weights are empty")
+    bad = {d: w for d, w in weights.items() if not math.isfinite(w)}
+    if bad:
+        raise ValueError(f"{what}s {bad} are not finite numbers")
+    return weights
+
+
+# --------------------------------------------------------------------------- best_mixture.json
+
+
+@dataclass
+class Prediction:
+    """A predicted score of the chosen (or a baseline) mixture with its predictor's CV error."""
+
+    value: float
+    """Capabilities: higher is better. Benchmarks: in their raw unit (see higher_is_better)."""
+    cv_rmse: float | None = None
+    cv_mae: float | None = None
+    cv_spearman: float | None = None
+    """None where undefined (constant scores or predictions)."""
+    cv_n: int | None = None
+    """Evaluations behind the CV statistics."""
+    higher_is_better: bool | None = None
+    """Benchmarks only."""
+
+    def to_dict(self) -> dict[str, Any]:
+        direction = {} if self.higher_is_better is None else {"higher_is_better": self.higher_is_better}
+        return {"value": self.value, **direction, "cv_rmse": self.cv_rmse, "cv_mae": self.cv_mae,
+                "cv_spearman": self.cv_spearman, "cv_n": self.cv_n}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Prediction:
+        return cls(json_number(d["value"], "a predicted value"), d.get("cv_rmse"), d.get("cv_mae"), d.get("cv_spearman"),
+                   d.get("cv_n"), d.get("higher_is_better"))
+
+
+@dataclass
+class Predictions:
+    """Predicted capabilities and benchmarks of one mixture."""
+
+    capabilities: dict[str, Prediction]
+    benchmarks: dict[str, Prediction]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"capabilities": {k: p.to_dict() for k, p in self.capabilities.items()},
+                "benchmarks": {k: p.to_dict() for k, p in self.benchmarks.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Predictions:
+        return cls({k: Prediction.from_dict(p) for k, p in d["capabilities"].items()},
+                   {k: Prediction.from_dict(p) for k, p in d.get("benchmarks", {}).items()})
+
+
+@dataclass
+class Baseline:
+    """A baseline mixture (natural: token-proportional; uniform) and its predicted scores."""
+
+    weights: dict[str, float]
+    predicted: Predictions
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"weights": self.weights, "predicted": self.predicted.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Baseline:
+        return cls(json_mixture(d["weights"]), Predictions.from_dict(d["predicted"]))
+
+
+@dataclass
+class TopK:
+    """The candidates the chosen mixture averages."""
+
+    k: int
+    pool_size: int
+    spread: dict[str, dict[str, float]]
+    """Per domain: std, min and max of the top-k weights."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"k": self.k, "pool_size": self.pool_size, "spread": self.spread}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TopK:
+        return cls(json_number(d["k"], "top_k.k"), json_number(d["pool_size"], "top_k.pool_size"),
+                   {dom: json_numbers(s, f"top_k.spread.{dom}") for dom, s in d.get("spread", {}).items()})
+
+
+@dataclass
+class ObjectiveSpec:
+    """The objective the pool was ranked by (``search.objective`` and friends)."""
+
+    kind: str
+    capability_weights: dict[str, float]
+    constraints: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "capability_weights": self.capability_weights, "constraints": self.constraints}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ObjectiveSpec:
+        return cls(str(d["kind"]), dict(d.get("capability_weights") or {}), list(d.get("constraints") or []))
+
+
+@dataclass
+class PredictorSpec:
+    """The predictors behind the predictions."""
+
+    kind: str
+    n: int
+    cv_folds: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "n": self.n, "cv_folds": self.cv_folds}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PredictorSpec:
+        return cls(str(d["kind"]), d["n"], d["cv_folds"])
+
+
+@dataclass
+class RoundSummary:
+    """One round of the search: its plan size, the evaluations after it and its top-k mean."""
+
+    round: int
+    planned: int
+    evaluations: int
+    weights: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"round": self.round, "planned": self.planned, "evaluations": self.evaluations, "weights": self.weights}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RoundSummary:
+        return cls(d["round"], json_number(d["planned"], "rounds[].planned"), d["evaluations"], json_mixture(d["weights"]))
+
+
+@dataclass
+class BestMixture:
+    """``best_mixture.json``: the chosen mixture (token shares) and what it rests on.
+
+    Only ``weights`` is required to read a file (hand-written or older files work with the
+    exporters); a search fills every field. The budget fields exist when the domain token counts
+    are known, the document fields when the document counts are too."""
+
+    weights: dict[str, float]
+    unit: str | None = None
+    target_tokens: int | None = None
+    domain_tokens: dict[str, int] | None = None
+    tokens: dict[str, int] | None = None
+    epochs: dict[str, float | None] | None = None
+    """Passes over each domain's data at ``target_tokens`` (None for a domain without tokens)."""
+    domain_documents: dict[str, int] | None = None
+    mean_document_tokens: dict[str, float] | None = None
+    predicted: Predictions | None = None
+    top_k: TopK | None = None
+    baselines: dict[str, Baseline] = field(default_factory=dict)
+    """Baseline mixtures by name: uniform and, with token counts, natural."""
+    objective: ObjectiveSpec | None = None
+    predictor: PredictorSpec | None = None
+    rounds: list[RoundSummary] = field(default_factory=list)
+    mixture_key: str | None = None
+    components: str | None = None
+    """Fingerprint of the base and components the proxies were merged from (None: none on disk)."""
+
+    @property
+    def domains(self) -> list[str]:
+        return list(self.weights)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object, in the order the search always wrote it. Unset fields are left out,
+        except the two a search always records, null meaning unknown: target_tokens and components."""
+        searched = self.predicted is not None
+        out: dict[str, Any] = {"weights": self.weights}
+        for name in ("unit", "target_tokens", "domain_tokens", "tokens", "epochs", "domain_documents", "mean_document_tokens"):
+            value = getattr(self, name)
+            if value is not None or (name == "target_tokens" and searched):
+                out[name] = value
+        parts = {
+            "predicted": self.predicted.to_dict() if self.predicted else None,
+            "top_k": self.top_k.to_dict() if self.top_k else None,
+            "baselines": {k: b.to_dict() for k, b in self.baselines.items()} if self.baselines else None,
+            "objective": self.objective.to_dict() if self.objective else None,
+            "predictor": self.predictor.to_dict() if self.predictor else None,
+            "rounds": [r.to_dict() for r in self.rounds] if self.rounds else None,
+            "mixture_key": self.mixture_key,
+        }
+        out.update({k: v for k, v in parts.items() if v is not None})
+        if searched or self.components is not None:
+            out["components"] = self.components
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BestMixture:
+        def opt(key: str, build: Callable[[Any], Any]) -> Any:
+            return None if d.get(key) is None else build(d[key])
+
+        return cls(
+            weights=json_mixture(d["weights"]),
+            unit=d.get("unit"),
+            target_tokens=opt("target_tokens", lambda x: json_number(x, "target_tokens")),
+            domain_tokens=opt("domain_tokens", lambda x: json_numbers(x, "domain_tokens")),
+            tokens=opt("tokens", lambda x: json_numbers(x, "tokens")),
+            epochs=opt("epochs", lambda x: json_numbers(x, "epochs", optional=True)),
+            domain_documents=opt("domain_documents", lambda x: json_numbers(x, "domain_documents")),
+            mean_document_tokens=opt("mean_document_tokens", lambda x: json_numbers(x, "mean_document_tokens")),
+            predicted=opt("predicted", Predictions.from_dict),
+            top_k=opt("top_k", TopK.from_dict),
+            baselines={k: Baseline.from_dict(b) for k, b in (d.get("baselines") or {}).items()},
+            objective=opt("objective", ObjectiveSpec.from_dict),
+            predictor=opt("predictor", PredictorSpec.from_dict),
+            rounds=[RoundSummary.from_dict(r) for r in d.get("rounds") or []],
+            mixture_key=d.get("mixture_key"),
+            components=d.get("components"),
+        )
+
+    def write(self, path: str | Path) -> None:
+        write_json(Path(path), self.to_dict())
+
+    @classmethod
+    def read(cls, path: str | Path) -> BestMixture:
+        return read_record(path, "best_mixture.json", "run `demix search` first (it writes best_mixture.json)", cls.from_dict)

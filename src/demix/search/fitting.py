@@ -1,0 +1,131 @@
+"""Fitting: predictors for every capability and benchmark on the evaluations so far, with the
+k-fold CV report of each."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from demix.config import RunConfig
+from demix.errors import DemixError
+from demix.mixtures import mixtures_to_rows
+from demix.predictors import Predictors, cross_validate, fit_predictors
+from demix.rundir import RoundFiles
+from demix.search.files import Prediction, Predictions
+from demix.search.round_files import CvReport, TargetCv
+from demix.store import Evaluation
+
+
+@dataclass
+class Fit:
+    """Predictors fitted on the evaluations so far, with their CV reports."""
+
+    capabilities: Predictors
+    benchmarks: Predictors
+    """Fitted on higher-is-better scores: lower-is-better benchmarks are negated."""
+    cv: CvReport
+
+    @property
+    def n(self) -> int:
+        """Evaluations the predictors were fitted on."""
+        return self.cv.n
+
+    @property
+    def higher_is_better(self) -> dict[str, bool]:
+        return self.cv.higher_is_better
+
+    def predict(self, w: np.ndarray) -> Predictions:
+        """Predicted scores of one mixture with each predictor's CV error (benchmarks in raw units)."""
+
+        def one(value: float, cv: TargetCv, hib: bool | None = None) -> Prediction:
+            return Prediction(value, cv.rmse, cv.mae, cv.spearman, cv.n, hib)
+
+        caps = {c: one(float(v[0]), self.cv.capabilities[c]) for c, v in self.capabilities.predict(w[None, :]).items()}
+        benches = {}
+        for b, v in self.benchmarks.predict(w[None, :]).items():
+            hib = self.higher_is_better[b]
+            benches[b] = one(float((1.0 if hib else -1.0) * v[0]), self.cv.benchmarks[b], hib)
+        return Predictions(caps, benches)
+
+    def write(self, files: RoundFiles) -> None:
+        """The round's ``predictors/`` and ``cv.json``."""
+        self.capabilities.save(files.predictors / "capabilities")
+        self.benchmarks.save(files.predictors / "benchmarks")
+        self.cv.write(files.cv)
+
+
+def training_data(
+    evaluations: Sequence[Evaluation], domains: Sequence[str], higher_is_better: Mapping[str, bool]
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Mixtures (n, K), capability scores and sign-corrected benchmark scores (higher is better)."""
+    if not evaluations:
+        raise DemixError("no finished evaluations to fit predictors on", "evaluate at least a few mixtures")
+    unknown = sorted({d for e in evaluations for d in e.weights if d not in domains})
+    if unknown:
+        raise DemixError(
+            f"the store holds mixtures over domain(s) {unknown} that this run does not have",
+            "use a new output_dir (or store.url) for a run with different domains",
+        )
+    cap_names, bench_names = sorted(evaluations[0].capabilities), sorted(evaluations[0].benchmarks)
+    for e in evaluations:
+        if sorted(e.capabilities) != cap_names or sorted(e.benchmarks) != bench_names:
+            raise DemixError(
+                f"stored evaluations disagree on the benchmarks/capabilities (row {e.id}: "
+                f"{sorted(e.benchmarks)} / {sorted(e.capabilities)} vs {bench_names} / {cap_names})",
+                "the evaluation config changed during the search: use a new output_dir",
+            )
+    X = mixtures_to_rows(domains, [e.weights for e in evaluations])
+    caps = {c: np.array([e.capabilities[c] for e in evaluations]) for c in cap_names}
+    benches = {
+        b: np.array([e.benchmarks[b] for e in evaluations]) * (1.0 if higher_is_better[b] else -1.0) for b in bench_names
+    }
+    return X, caps, benches
+
+
+def resolve_directions(
+    evaluations: Sequence[Evaluation], config: RunConfig, explicit: Mapping[str, bool] | None = None
+) -> dict[str, bool]:
+    """higher_is_better per benchmark: explicit argument, then what the scorer reported (kept in
+    each row's provenance), then ``evaluation.benchmarks`` in the config."""
+    from demix.evaluation.benchmarks import resolve_benchmarks
+
+    names = sorted({b for e in evaluations for b in e.benchmarks})
+    from_config = {b.name: b.higher_is_better for b in resolve_benchmarks(config) if b.higher_is_better is not None}
+    out: dict[str, bool] = {}
+    for b in names:
+        if explicit and b in explicit:
+            out[b] = bool(explicit[b])
+            continue
+        stored = [e.provenance.get("higher_is_better", {}).get(b) for e in evaluations]
+        stored = [s for s in stored if s is not None]
+        if stored:
+            out[b] = bool(stored[-1])
+        elif b in from_config:
+            out[b] = from_config[b]
+        else:
+            raise DemixError(
+                f"the direction of benchmark '{b}' is unknown",
+                "add it to evaluation.benchmarks with higher_is_better, or have the scorer's result carry .higher_is_better",
+            )
+    return out
+
+
+def fit_all(
+    evaluations: Sequence[Evaluation],
+    domains: Sequence[str],
+    higher_is_better: Mapping[str, bool],
+    kind: str = "auto",
+    folds: int = 5,
+    seed: int = 0,
+) -> Fit:
+    """Fit capability and benchmark predictors on the evaluations, with their CV reports."""
+    X, caps, benches = training_data(evaluations, domains, higher_is_better)
+    cv = CvReport(
+        n=X.shape[0],
+        higher_is_better=dict(higher_is_better),
+        capabilities={t: TargetCv.from_dict(r) for t, r in cross_validate(X, caps, kind, folds, seed).items()},
+        benchmarks={t: TargetCv.from_dict(r) for t, r in cross_validate(X, benches, kind, folds, seed).items()},
+    )
+    return Fit(fit_predictors(X, caps, kind, domains, seed), fit_predictors(X, benches, kind, domains, seed), cv)

@@ -1,0 +1,321 @@
+"""The search loop: evaluate proxies for sampled mixtures, fit predictors, rank a candidate
+pool, pick the mean of the top-k, and repeat in the predicted top region.
+
+Round r (sizes in ``search.rounds``):
+
+1. *Plan*: round 0 samples the (bounded) simplex around the prior; round r > 0 draws from the
+   top region (the best ``search.region_size`` candidates, default top_k) of the pool ranked
+   after round r - 1. The plan is drawn from the seed alone (no clock, no state) and written to
+   ``round_<r>/planned.json`` before the first evaluation, so a resumed search evaluates the
+   same mixtures.
+2. *Evaluate*: every planned mixture not already in the store is scored and committed to the
+   store before the next one starts.
+3. *Fit*: predictors for every capability and benchmark on all evaluations so far, with a
+   k-fold CV report (``cv.json``) and the fit itself (``predictors/``).
+4. *Rank*: a fresh pool of ``search.pool_size`` candidates, predicted capabilities, constraints,
+   objective; top-k mean and spread (``selection.json``), the pool (``pool.npz``) and the Pareto
+   front across capabilities among the best-ranked candidates (``pareto.csv``).
+
+The selection after the last round is written to ``best_mixture.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from demix import proxy_kind as kinds
+from demix.config import RunConfig
+from demix.errors import DemixError
+from demix.executors.base import Executor, LocalExecutor, evaluate_planned
+from demix.mixtures import Bounds, mixture_key, prior_weights, resolve_bounds, rows_to_mixtures, sample_mixtures
+from demix.objectives import capability_weights, parse_constraints
+from demix.rundir import RoundFiles, RunDir, read_document_counts
+from demix.search.best import best_mixture
+from demix.search.files import BestMixture, RoundSummary
+from demix.search.fitting import Fit, fit_all, resolve_directions
+from demix.search.ranking import Ranking, rank_pool
+from demix.search.round_files import RoundPlan
+from demix.store import Evaluation, Store
+
+log = logging.getLogger("demix.search")
+
+Scorer = Callable[[dict[str, float]], Any]
+
+EventKind = Literal["round_started", "proxy_evaluated", "round_ranked"]
+ROUND_STARTED: EventKind = "round_started"
+PROXY_EVALUATED: EventKind = "proxy_evaluated"
+ROUND_RANKED: EventKind = "round_ranked"
+
+
+@dataclass(frozen=True)
+class SearchEvent:
+    """What the search just did, for a progress display (:class:`demix.search.LiveSearchDisplay`)."""
+
+    kind: EventKind
+    round: int
+    planned: int = 0
+    """round_started: mixtures planned for the round."""
+    done: int = 0
+    """round_started: planned mixtures already in the store."""
+    mixture: dict[str, float] | None = None
+    """proxy_evaluated: the mixture just committed to the store."""
+    ranking: Ranking | None = None
+    """round_ranked: the ranked pool after the round."""
+    evaluations: int = 0
+    """round_ranked: evaluations the predictors were fitted on."""
+
+
+OnEvent = Callable[[SearchEvent], None]
+
+
+@dataclass
+class SearchResult:
+    """What a search found; the same content is in ``best_mixture.json``."""
+
+    weights: dict[str, float]
+    best: BestMixture
+    evaluations: int
+    """Evaluations in the store the last predictors were fitted on."""
+    evaluated_now: int
+    """Evaluations this call stored (0 for a search resumed after its last evaluation)."""
+    rounds: list[RoundSummary] = field(default_factory=list)
+    path: Path | None = None
+    setup_seconds: float | None = None
+    """One-off cost of building the scorer (proxy builder and evaluator), rounded to 0.01 s; 0
+    when nothing had to be evaluated, None when unknown (e.g. a caller's own scorer)."""
+
+
+def expected_capabilities(config: RunConfig) -> list[str]:
+    """Capability names the evaluation reports (the evaluation's own defaults when none are set)."""
+    from demix.evaluation.benchmarks import resolve_capabilities
+
+    return [c.name for c in resolve_capabilities(config)]
+
+
+def _result_parts(result: Any) -> tuple[dict[str, float], dict[str, float], dict[str, bool] | None]:
+    """benchmarks, capabilities and (optional) directions of a scorer's result (object or dict)."""
+    get = result.get if isinstance(result, Mapping) else lambda k, d=None: getattr(result, k, d)
+    benchmarks, capabilities = get("benchmarks"), get("capabilities")
+    if not isinstance(benchmarks, Mapping) or not isinstance(capabilities, Mapping):
+        raise DemixError(
+            f"the scorer returned {type(result).__name__}, without .benchmarks and .capabilities mappings",
+            "return an EvalResult (demix.evaluation) or an object with those two dicts",
+        )
+    hib = get("higher_is_better")
+    return dict(benchmarks), dict(capabilities), dict(hib) if isinstance(hib, Mapping) else None
+
+
+def _rng(seed: int, *stream: int) -> np.random.Generator:
+    """Independent deterministic streams per (round, purpose): resumes redraw the same values."""
+    return np.random.default_rng([seed, *stream])
+
+
+def _check_components_unchanged(evaluations: Sequence[Evaluation], fingerprint: str | None, store_name: str) -> None:
+    stale = [e for e in evaluations if e.provenance.get("components") not in (None, fingerprint)]
+    if fingerprint is not None and stale:
+        raise DemixError(
+            f"the store {store_name} holds {len(stale)} merged evaluation(s) of other components: the base or "
+            "components were retrained or replaced since they were evaluated",
+            "search with the new components in a new output_dir, or delete the store and the search/ directory "
+            "of this run to evaluate again",
+        )
+
+
+def _sampling_space(config: RunConfig, token_counts: Mapping[str, float] | None) -> tuple[Bounds, np.ndarray]:
+    """Bounds and prior of the sampled mixtures, after checking the objective: a bad objective
+    or infeasible bounds fail before any proxy is evaluated."""
+    s = config.search
+    domains = config.data.domain_names
+    if not s.rounds or any(n <= 0 for n in s.rounds):
+        raise DemixError(f"search.rounds must be positive proxy counts, got {s.rounds}", "e.g. search.rounds: [32, 16, 8]")
+    expected = expected_capabilities(config)
+    parse_constraints(s.constraints, expected, domains)
+    capability_weights(expected, s.capability_weights)
+    bounds = resolve_bounds(domains, s.bounds, token_counts, s.target_tokens)
+    return bounds, prior_weights(domains, s.sampler.prior, token_counts)
+
+
+class _Rounds:
+    """The state one search carries from round to round: where it samples, what it evaluated,
+    the last fit and ranking."""
+
+    def __init__(
+        self, config: RunConfig, store: Store, executor: Executor, proxy_kind: str,
+        token_counts: Mapping[str, float] | None, fingerprint: str | None, on_event: OnEvent,
+        space: tuple[Bounds, np.ndarray],
+    ) -> None:
+        self.config, self.store, self.executor = config, store, executor
+        self.proxy_kind, self.token_counts, self.fingerprint, self.on_event = proxy_kind, token_counts, fingerprint, on_event
+        self.domains = config.data.domain_names
+        self.bounds, self.prior = space
+        self.ranking: Ranking | None = None
+        self.fit: Fit | None = None
+        self.evaluated_now = 0
+        self.summaries: list[RoundSummary] = []
+
+    def plan(self, r: int, n: int, files: RoundFiles, done: set[str]) -> list[dict[str, float]]:
+        """The round's mixtures: from ``planned.json`` when a killed search wrote it, else drawn now."""
+        if files.planned.is_file():
+            plan = RoundPlan.read(files.planned)
+            if plan.size != n:
+                raise DemixError(
+                    f"round {r} was planned with {plan.size} proxies, search.rounds now asks for {n}",
+                    "restore search.rounds, or start a new output_dir",
+                )
+            if plan.domains != list(self.domains):
+                raise DemixError(f"round {r} was planned for domains {plan.domains}", "use a new output_dir for new domains")
+            return plan.mixtures
+        plan = RoundPlan(r, n, list(self.domains), rows_to_mixtures(self.domains, self._draw(r, n, done)))
+        plan.write(files.planned)
+        return plan.mixtures
+
+    def _draw(self, r: int, n: int, done: set[str]) -> np.ndarray:
+        s = self.config.search
+        rng = _rng(s.seed, r, 0)
+        previous = self.ranking
+        if r == 0 or previous is None:
+            return sample_mixtures(self.domains, n, self.prior, s.sampler, self.bounds, rng)
+        region = previous.order[: max(s.region_size or s.top_k, n)]
+        region = np.array(
+            [i for i in region if mixture_key(dict(zip(self.domains, previous.weights[i]))) not in done], dtype=int
+        )
+        if region.size == 0:
+            return np.zeros((0, len(self.domains)))
+        pick = rng.choice(region, size=min(n, region.size), replace=False)
+        return previous.weights[np.sort(pick)]
+
+    def evaluate(self, r: int, planned: list[dict[str, float]]) -> None:
+        """Score the planned mixtures the store lacks, committing each result as it arrives."""
+        config, s = self.config, self.config.search
+
+        def commit(i: int, m: dict[str, float], result: Any) -> bool:
+            bench, caps, hib = _result_parts(result)
+            directions: Mapping[str, bool | None] = hib or {
+                b.name: b.higher_is_better for b in config.evaluation.benchmarks if b.name in bench
+            }
+            provenance = {
+                "round": r,
+                "plan_index": i,
+                "seed": s.seed,
+                "merge_method": config.merge.method,
+                "source": "demix search",
+                "components": self.fingerprint,
+                "higher_is_better": directions,
+            }
+            stored = self.store.complete(m, bench, caps, self.proxy_kind, provenance)
+            self.on_event(SearchEvent(PROXY_EVALUATED, r, mixture=m))
+            return stored
+
+        # Claims each mixture just before dispatch, commits each result as it arrives, and
+        # returns once every planned mixture is done (by this driver or another).
+        self.evaluated_now += evaluate_planned(
+            self.executor, self.store, planned, commit, round=r, proxy_kind=self.proxy_kind,
+            wait_seconds=config.store.wait_seconds,
+        )
+
+    def fit_and_rank(self, r: int, planned: int, files: RoundFiles, higher_is_better: Mapping[str, bool] | None) -> None:
+        """Fit on every evaluation so far, rank a fresh pool, write the round's files."""
+        s = self.config.search
+        # Completion order depends on workers and drivers; the fit must not.
+        evaluations = sorted(
+            self.store.evaluations_done(self.proxy_kind),
+            key=lambda e: (e.round if e.round is not None else -1, e.provenance.get("plan_index", -1), e.mixture_key),
+        )
+        directions = resolve_directions(evaluations, self.config, higher_is_better)
+        self.fit = fit_all(evaluations, self.domains, directions, s.predictor, s.cv_folds, s.seed)
+        self.fit.write(files)
+        pool = sample_mixtures(self.domains, s.pool_size, self.prior, s.sampler, self.bounds, _rng(s.seed, r, 1))
+        self.ranking = rank_pool(pool, self.fit, self.config, self.token_counts)
+        selection = self.ranking.write(files, self.domains, self.fit.n)
+        self.summaries.append(RoundSummary(r, planned, self.fit.n, selection.weights))
+        self.on_event(SearchEvent(ROUND_RANKED, r, ranking=self.ranking, evaluations=self.fit.n))
+
+
+def run_search(
+    config: RunConfig,
+    run: RunDir,
+    scorer: Scorer | None,
+    token_counts: Mapping[str, float] | None,
+    store: Store | None = None,
+    higher_is_better: Mapping[str, bool] | None = None,
+    proxy_kind: str = kinds.MERGED,
+    executor: Executor | None = None,
+    on_event: OnEvent | None = None,
+) -> SearchResult:
+    """Run (or resume) the search rounds of ``config.search`` and write ``best_mixture.json``.
+
+    ``scorer(mixture)`` evaluates one proxy and returns an object with ``.benchmarks`` (raw
+    metrics) and ``.capabilities`` (higher is better); ``executor`` (a
+    :class:`demix.executors.Executor`) evaluates each round's mixtures instead, e.g. on a Ray
+    cluster. Every result is committed to ``store`` (default: ``store.url`` or the run's sqlite
+    file) before the next call; mixtures already in the store are never scored again.
+    ``on_event`` hears of each round, evaluation and ranking (see :class:`SearchEvent`).
+    :func:`search` builds the run's executor and calls this.
+    """
+    from demix.checkpoints import components_fingerprint
+
+    s = config.search
+    space = _sampling_space(config, token_counts)
+    documents = read_document_counts(run, config.data.domain_names)
+    own_store = store is None
+    store = store or Store(config.store.url or run.store_url, lease_seconds=config.store.lease_seconds)
+    try:
+        if executor is None:
+            if scorer is None:
+                raise DemixError("the search has neither a scorer nor an executor", "pass scorer(mixture) -> result, or executor=")
+            executor = LocalExecutor(scorer)
+        fingerprint = components_fingerprint(config, run)
+        rounds = _Rounds(
+            config, store, executor, proxy_kind, token_counts, fingerprint, on_event or (lambda e: None), space
+        )
+        # Never print a server URL: it may hold a password.
+        store_name = "of store.url" if config.store.url else str(run.store_file)
+        _check_components_unchanged(store.evaluations_done(proxy_kind), fingerprint, store_name)
+        released = store.release_pending(proxy_kind)
+        if released:
+            log.info("released %d unfinished evaluation(s) of a killed search", released)
+        for r, n in enumerate(s.rounds):
+            files = run.round_files(r)
+            done = store.done_keys(proxy_kind)
+            planned = rounds.plan(r, n, files, done)
+            todo = sum(mixture_key(m) not in done for m in planned)
+            rounds.on_event(SearchEvent(ROUND_STARTED, r, planned=len(planned), done=len(planned) - todo))
+            log.info("round %d: %d planned, %d to evaluate", r, len(planned), todo)
+            rounds.evaluate(r, planned)
+            rounds.fit_and_rank(r, len(planned), files, higher_is_better)
+        assert rounds.ranking is not None and rounds.fit is not None
+        best = best_mixture(config, rounds.ranking, rounds.fit, token_counts, documents, rounds.summaries, fingerprint)
+        best.write(run.best_mixture)
+    finally:
+        if own_store:
+            store.close()
+    return SearchResult(best.weights, best, rounds.fit.n, rounds.evaluated_now, rounds.summaries, run.best_mixture)
+
+
+def search(
+    config: RunConfig,
+    run: RunDir,
+    *,
+    device: str | None = None,
+    on_event: OnEvent | None = None,
+    store: Store | None = None,
+) -> SearchResult:
+    """Run (or resume) the search of a run directory where ``executor.kind`` says: the merged
+    proxies of the run's base and components, scored by its evaluation. What ``demix search``
+    and ``demix run`` call. ``device`` overrides ``evaluation.device`` (``executor.device`` on Ray)."""
+    from demix.executors import make_executor
+    from demix.rundir import read_token_counts
+
+    # Before any worker starts: a run that is not prepared fails here, naming the fix.
+    token_counts = read_token_counts(run, config.data.domain_names)
+    with make_executor(config, run, device=device) as executor:
+        result = run_search(config, run, None, token_counts, store=store, executor=executor, on_event=on_event)
+        seconds = executor.setup_seconds
+    result.setup_seconds = None if seconds is None else round(seconds, 2)
+    return result

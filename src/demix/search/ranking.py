@@ -1,0 +1,114 @@
+"""Ranking: predict a candidate pool, apply the constraints and the objective, take the mean of
+the top-k as the chosen mixture, and find the Pareto front among the best-ranked candidates."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from demix.config import RunConfig
+from demix.errors import DemixError
+from demix.mixtures import prior_weights
+from demix.objectives import feasible, objective_values, pareto_front, parse_constraints, select_top_k
+from demix.rundir import RoundFiles
+from demix.search.fitting import Fit
+from demix.search.round_files import CandidatePool, ParetoFront, Selection
+
+PARETO_CANDIDATES = 5000
+"""pareto.csv holds the Pareto-optimal candidates among this many best-ranked ones."""
+
+
+@dataclass
+class Ranking:
+    """A ranked candidate pool."""
+
+    weights: np.ndarray
+    """(n, K) candidate mixtures."""
+    capability_scores: np.ndarray
+    """(n, C) predicted capabilities, higher is better."""
+    capabilities: list[str]
+    objective: np.ndarray
+    """(n,), -inf where a constraint fails."""
+    order: np.ndarray
+    """Feasible candidates, best first."""
+    top_k: np.ndarray
+    """Indices of the top-k, best first."""
+    mean: np.ndarray
+    """(K,) mean of the top-k: the chosen mixture."""
+    spread: dict[str, np.ndarray]
+    """std, min and max of the top-k weights, (K,) each."""
+    baselines: dict[str, dict[str, float]]
+    """Baseline mixtures (natural, uniform): predicted capabilities and ``weight.<domain>``,
+    what constraints such as ``math >= natural`` compare with."""
+
+    def pareto(self) -> np.ndarray:
+        """Indices of the Pareto front among the best :data:`PARETO_CANDIDATES` candidates."""
+        # The front among the best-ranked candidates is the pool's front restricted to them (up
+        # to ties at the cut): both objectives are monotone in every capability, so whatever
+        # dominates a candidate ranks at least as high. The whole pool would cost O(n x front),
+        # and with smooth predictors half of a 200k pool can be on the front (tens of minutes).
+        head = self.order[:PARETO_CANDIDATES]
+        front = pareto_front(self.capability_scores[head]) if head.size else np.zeros(0, dtype=int)
+        return head[front]
+
+    def write(self, files: RoundFiles, domains: Sequence[str], evaluations: int) -> Selection:
+        """The round's ``pool.npz``, ``pareto.csv`` and ``selection.json``; returns the selection."""
+        CandidatePool(list(domains), self.capabilities, self.weights, self.capability_scores, self.objective,
+                      self.top_k).write(files.pool)
+        idx = self.pareto()
+        ParetoFront(list(domains), self.capabilities, self.weights[idx], self.capability_scores[idx],
+                    self.objective[idx]).write(files.pareto)
+        selection = Selection(
+            weights=dict(zip(domains, map(float, self.mean))),
+            spread={d: {k: float(v[j]) for k, v in self.spread.items()} for j, d in enumerate(domains)},
+            top_k=int(self.top_k.size),
+            pool_size=int(self.weights.shape[0]),
+            feasible=int(self.order.size),
+            pareto_size=int(idx.size),
+            pareto_over=int(min(self.order.size, PARETO_CANDIDATES)),
+            evaluations=evaluations,
+        )
+        selection.write(files.selection)
+        return selection
+
+
+def baseline_mixtures(domains: Sequence[str], token_counts: Mapping[str, float] | None) -> dict[str, np.ndarray]:
+    """The baseline mixtures: uniform and, when the token counts are known, natural (token-proportional)."""
+    out = {"uniform": np.full(len(domains), 1.0 / len(domains))}
+    if token_counts:
+        out["natural"] = prior_weights(domains, "tokens", token_counts)
+    return out
+
+
+def rank_pool(
+    pool: np.ndarray,
+    fit: Fit,
+    config: RunConfig,
+    token_counts: Mapping[str, float] | None,
+) -> Ranking:
+    """Predict, constrain and rank a candidate pool; the top-k mean is the chosen mixture."""
+    s = config.search
+    domains = config.data.domain_names
+    caps = fit.capabilities.targets
+    constraints = parse_constraints(s.constraints, caps, domains)
+    scores = fit.capabilities.predict_matrix(pool, caps)
+    baselines: dict[str, dict[str, float]] = {}
+    for name, w in baseline_mixtures(domains, token_counts).items():
+        pred = fit.capabilities.predict_matrix(w[None, :], caps)[0]
+        baselines[name] = {**{c: float(v) for c, v in zip(caps, pred)}, **{f"weight.{d}": float(x) for d, x in zip(domains, w)}}
+    if any(c.right == "natural" for c in constraints) and "natural" not in baselines:
+        raise DemixError("a constraint compares with 'natural' but the domain token counts are unknown", "run `demix prepare` first")
+    values = objective_values(s.objective, scores, caps, s.capability_weights)
+    ok = feasible(constraints, pool, scores, caps, domains, baselines)
+    if not ok.any():
+        raise DemixError(
+            f"no candidate of the pool satisfies the constraints {s.constraints}",
+            "relax search.constraints (or widen search.bounds)",
+        )
+    values = np.where(ok, values, -np.inf)
+    mean, spread, top = select_top_k(pool, values, s.top_k)
+    feasible_idx = np.flatnonzero(ok)
+    order = feasible_idx[np.argsort(-values[feasible_idx], kind="stable")]
+    return Ranking(pool, scores, caps, values, order, top, mean, spread, baselines)
