@@ -109,7 +109,7 @@ def run_size(name: str, repeats: int, tokens: int, workdir: Path) -> dict:
     @torch.inference_mode()
     def bare() -> None:
         for start in range(0, len(inputs), batch):
-            model(input_ids=inputs[start : start + batch], use_cache=False).logits
+            _ = model(input_ids=inputs[start : start + batch], use_cache=False).logits
 
     def ours() -> None:
         evaluator.evaluate(model)
@@ -165,7 +165,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in sizes:
             rows.append(run_size(name, args.repeats, args.tokens, Path(tmp)))
-    header = f"{'model':<8} {'params':>8} {'tokens':>7} {'bare tok/s':>11} {'demix tok/s':>12} {'demix/bare':>11} {'lm-eval tok/s':>14} {'lm-eval/demix time':>19}"
+    header = (
+        f"{'model':<8} {'params':>8} {'tokens':>7} {'bare tok/s':>11} {'demix tok/s':>12} "
+        f"{'demix/bare':>11} {'lm-eval tok/s':>14} {'lm-eval/demix time':>19}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:

@@ -30,9 +30,8 @@ from tiny_run import build_tiny_run  # noqa: E402
 def mixtures(domains, n):
     import numpy as np
 
-    from demix.config import SamplerConfig
+    from demix.config import BoundsConfig, SamplerConfig
     from demix.mixtures import resolve_bounds, rows_to_mixtures
-    from demix.config import BoundsConfig
 
     bounds = resolve_bounds(domains, BoundsConfig(), None, None)
     rows = sample_mixtures(domains, n, np.full(len(domains), 1 / len(domains)), SamplerConfig(), bounds, np.random.default_rng(0))

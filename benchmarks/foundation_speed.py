@@ -103,7 +103,10 @@ def main() -> None:
     def f(x, fmt):
         return "-" if x is None else format(x, fmt)
 
-    header = f"{'stage':<26}{'seconds':>9}{'tokens':>11}{'tok/s wall':>12}{'tok/s train':>13}{'bare tok/s':>12}{'ours/bare':>11}{'loss before':>13}{'loss after':>12}"
+    header = (
+        f"{'stage':<26}{'seconds':>9}{'tokens':>11}{'tok/s wall':>12}{'tok/s train':>13}"
+        f"{'bare tok/s':>12}{'ours/bare':>11}{'loss before':>13}{'loss after':>12}"
+    )
     print(header)
     print("-" * len(header))
     for name, wall, tokens, train_tps, before, after, bare in rows:

@@ -52,7 +52,7 @@ class PostgresServer:
         subprocess.run(args, check=True, capture_output=True, text=True)
 
     @classmethod
-    def start(cls, root: str | Path | None = None) -> "PostgresServer":
+    def start(cls, root: str | Path | None = None) -> PostgresServer:
         bin_dir = find_bin_dir()
         if bin_dir is None:
             raise FileNotFoundError("PostgreSQL server binaries (initdb, pg_ctl) not found")

@@ -192,8 +192,8 @@ def test_search_is_complete_only_for_the_same_search_plan(tmp_path):
     """A finished search is reused only when best_mixture.json came from this config's plan."""
     import numpy as np
 
-    from demix.config import config_from_dict, save_config
     from demix.cli.run import comparison_table
+    from demix.config import config_from_dict, save_config
     from demix.search import BestMixture, run_search, search_is_complete
     from tests.search_fixtures import TOKENS, make_config, synthetic_result
 
@@ -233,3 +233,69 @@ def test_demo_unknown_preset_is_a_clear_error(tmp_path, capsys):
     assert exc.value.code == 1
     err = " ".join(capsys.readouterr().err.split())
     assert "unknown preset 'huge'" in err and "demo, full" in err
+
+
+FAKE_TRAINER = '''
+import hashlib, shutil, sys
+from pathlib import Path
+import torch
+from safetensors.torch import load_file, save_file
+init, out, domain = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+gen = torch.Generator().manual_seed(int(hashlib.sha1(domain.encode()).hexdigest()[:8], 16))
+weights = {k: v + 0.02 * v.abs().mean() * torch.randn(v.shape, generator=gen) for k, v in load_file(init / "model.safetensors").items()}
+out.mkdir(parents=True, exist_ok=True)
+save_file(weights, out / "model.safetensors")
+shutil.copy(init / "config.json", out / "config.json")
+(out.parent / f"trained-by-command-{domain}").write_text("")
+'''
+
+
+@pytest.mark.slow
+def test_run_trains_with_the_command_backend_and_evaluates_on_ray_actors(tmp_path, monkeypatch):
+    """`train.backend: command` makes `demix run` train components through the template, and
+    `executor.kind: ray` makes it evaluate proxies on Ray actors (it used to do both in process)."""
+    pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'demix-llm[ray]'")
+    import yaml
+
+    import demix.executors
+    from demix.checkpoints import read_provenance
+    from demix.cli import main
+    from demix.executors.ray_executor import RayExecutor
+
+    config_path = write_miniature(tmp_path)
+    data = yaml.safe_load(config_path.read_text())
+    (tmp_path / "trainer.py").write_text(FAKE_TRAINER)
+    data["train"]["backend"] = "command"
+    data["train"]["command"] = {"template": f"{sys.executable} {tmp_path / 'trainer.py'} {{init}} {{output_dir}} {{domain}}",
+                                "format": "json"}
+    data["executor"] = {"kind": "ray", "num_workers": 2}
+    config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    run = RunDir(data["output_dir"])
+
+    made, real = [], demix.executors.make_executor
+
+    def spy(*args, **kwargs):
+        executor = real(*args, **kwargs)
+        made.append((executor, executor.worker_pids() if isinstance(executor, RayExecutor) else None))
+        return executor
+
+    monkeypatch.setattr(demix.executors, "make_executor", spy)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    main(["run", str(config_path), "--quiet"])
+
+    # Components: one trainer command per domain, registered for merging; the base by the HF recipe.
+    for d in DOMAINS:
+        assert (run.models / "components" / f"trained-by-command-{d}").is_file()
+        prov = read_provenance(run.component(d))
+        assert prov.role == "component" and prov.schedule is not None and prov.schedule["trainer"] == "command"
+    assert read_provenance(run.base).schedule["lr"] == data["train"]["base"]["lr"]
+    assert (run.train_commands / "commands.sh").is_file()
+    # Proxies: evaluated by two Ray actors, none in this process.
+    [(executor, pids)] = made
+    assert isinstance(executor, RayExecutor) and len(set(pids)) == 2 and os.getpid() not in pids
+    with sqlite3.connect(run.store_file) as conn:
+        done = conn.execute("SELECT count(*) FROM evaluations WHERE status = 'done'").fetchone()[0]
+    assert done == sum(data["search"]["rounds"])
+    search = {s["stage"]: s for s in read_json(run.timings)[-1]["stages"]}["search"]
+    assert search["detail"]["executor"] == "ray" and not search["skipped"]
+    assert run.best_mixture.is_file() and run.report_html.is_file()

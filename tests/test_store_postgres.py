@@ -153,7 +153,7 @@ def test_two_search_drivers_evaluate_each_mixture_once(url, tmp_path):
         time.sleep(0.1)
     go.write_text("")
     outs = [d.communicate(timeout=240) for d in drivers]
-    for d, (stdout, stderr) in zip(drivers, outs):
+    for d, (_, stderr) in zip(drivers, outs):
         assert d.returncode == 0, stderr[-3000:]
     results = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outs]
 

@@ -63,7 +63,7 @@ class DataConfig(StrictModel):
     """Seed of the deterministic document-level train / held-out split."""
 
     @model_validator(mode="after")
-    def _check_domains(self) -> "DataConfig":
+    def _check_domains(self) -> DataConfig:
         names = [d.name for d in self.domains]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

@@ -149,7 +149,7 @@ class Bounds:
 
 def resolve_bounds(
     domains: Sequence[str],
-    config: "BoundsConfig | None" = None,
+    config: BoundsConfig | None = None,
     token_counts: Mapping[str, float] | None = None,
     target_tokens: float | None = None,
 ) -> Bounds:
@@ -420,7 +420,7 @@ def sample_mixtures(
     domains: Sequence[str],
     n: int,
     prior: Mapping[str, float] | Sequence[float] | np.ndarray | None = None,
-    sampler: "SamplerConfig | None" = None,
+    sampler: SamplerConfig | None = None,
     bounds: Bounds | None = None,
     rng: np.random.Generator | int | None = None,
     dedup: bool = True,

@@ -75,7 +75,7 @@ class Predictors:
     targets: list[str]
     models: dict[str, Any] = field(repr=False)
     n: int = 0
-    _compiled: dict[str, "TreeEnsemble"] = field(default_factory=dict, repr=False)
+    _compiled: dict[str, TreeEnsemble] = field(default_factory=dict, repr=False)
 
     def predict(self, weights: np.ndarray, targets: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Predicted scores (higher is better) for each row of ``weights`` (n, K)."""
@@ -121,7 +121,7 @@ class Predictors:
         write_json(directory / "predictors.json", meta)
 
     @classmethod
-    def load(cls, directory: Path) -> "Predictors":
+    def load(cls, directory: Path) -> Predictors:
         """Read a fit written by :meth:`save`."""
         directory = Path(directory)
         path = directory / "predictors.json"

@@ -171,7 +171,7 @@ class RunDir:
         """``search/round_<r>``; its files are named in :class:`RoundFiles`."""
         return self.search / f"round_{round_index}"
 
-    def round_files(self, round_index: int) -> "RoundFiles":
+    def round_files(self, round_index: int) -> RoundFiles:
         return RoundFiles(self.round_dir(round_index))
 
     @property
@@ -201,7 +201,7 @@ class RunDir:
         return self.root / "fidelity"
 
     @property
-    def fidelity_files(self) -> "FidelityFiles":
+    def fidelity_files(self) -> FidelityFiles:
         return FidelityFiles(self.fidelity)
 
     # evaluation

@@ -79,7 +79,9 @@ def test_harness_ranks_choices_like_a_direct_loglikelihood(tiny_run, model, tmp_
     best = [max(range(len(v)), key=v.__getitem__) for v in lls]
     worst = [min(range(len(v)), key=v.__getitem__) for v in lls]
     assert best != worst
-    rows = lambda gold: [{"query": q, "choices": c, "gold": g} for (q, c), g in zip(QUESTIONS, gold)]
+    def rows(gold):
+        return [{"query": q, "choices": c, "gold": g} for (q, c), g in zip(QUESTIONS, gold)]
+
     write_task(tmp_path, "mc_best", MC_YAML, rows(best))
     write_task(tmp_path, "mc_worst", MC_YAML, rows(worst))
     benchmarks = [
@@ -240,7 +242,9 @@ def test_shipped_humaneval_keeps_only_answers_that_fit_the_context(tiny_run, tmp
     from demix.evaluation.local_tasks import materialize_tasks
 
     run, tokenizer, _ = tiny_run
-    rows = lambda d: [json.loads(line) for line in (d / "data" / "demix_humaneval.jsonl").read_text().splitlines()]
+    def rows(d):
+        return [json.loads(line) for line in (d / "data" / "demix_humaneval.jsonl").read_text().splitlines()]
+
     materialize_tasks(tmp_path / "all", ["demix_humaneval"], tokenizer=tokenizer)
     assert len(rows(tmp_path / "all")) == 164
     materialize_tasks(tmp_path / "fit", ["demix_humaneval"], tokenizer=tokenizer, max_answer_tokens=96)

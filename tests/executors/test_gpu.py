@@ -60,7 +60,10 @@ def test_evaluation_on_cuda_matches_cpu(bf16_run):
         results[device] = Evaluator.from_run(config, run, device).evaluate(builder.build(MIX))
     for b, v in results["cpu"].benchmarks.items():
         assert results["cuda"].benchmarks[b] == pytest.approx(v, rel=2e-2), b
-    print("held-out bits per byte, cpu vs cuda:", {b: (round(v, 4), round(results["cuda"].benchmarks[b], 4)) for b, v in results["cpu"].benchmarks.items()})
+    print(
+        "held-out bits per byte, cpu vs cuda:",
+        {b: (round(v, 4), round(results["cuda"].benchmarks[b], 4)) for b, v in results["cpu"].benchmarks.items()},
+    )
 
 
 @pytest.mark.gpu

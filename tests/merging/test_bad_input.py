@@ -73,7 +73,12 @@ def test_mismatched_shapes(family_copy, tmp_path):
     sd = load_file(f)
     sd["model.layers.0.mlp.up_proj.weight"] = torch.zeros(65, 32)
     save_file(sd, f, metadata={"format": "pt"})
-    both(base, comps, tmp_path, r"component 'code' .* tensor 'model.layers.0.mlp.up_proj.weight' has shape \[65, 32\], the base has \[64, 32\]")
+    both(
+        base,
+        comps,
+        tmp_path,
+        r"component 'code' .* tensor 'model.layers.0.mlp.up_proj.weight' has shape \[65, 32\], the base has \[64, 32\]",
+    )
 
 
 def test_different_tensor_names(family_copy, tmp_path):

@@ -164,7 +164,8 @@ def test_from_run_uses_config_paths(family, tmp_path):
     builder = ProxyBuilder.from_run(cfg, RunDir(cfg.run_dir), device="cpu")
     assert builder.method.name == "ties" and builder.domains == list(comps)
     builder.build(MIX)
-    cfg2 = cfg.model_copy(update={"train": cfg.train.model_copy(update={"components": cfg.train.components.model_copy(update={"paths": {}})})})
+    components = cfg.train.components.model_copy(update={"paths": {}})
+    cfg2 = cfg.model_copy(update={"train": cfg.train.model_copy(update={"components": components})})
     with pytest.raises(DemixError, match="no component checkpoint for domain"):
         ProxyBuilder.from_run(cfg2, RunDir(cfg.run_dir), device="cpu")
 

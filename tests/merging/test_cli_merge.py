@@ -75,7 +75,10 @@ def test_mergekit_yaml_with_unnormalised_weights(family, tmp_path):
             {
                 "merge_method": "task_arithmetic",
                 "base_model": str(base),
-                "models": [{"model": str(comps["general"]), "parameters": {"weight": 0.3}}, {"model": str(comps["math"]), "parameters": {"weight": 0.3}}],
+                "models": [
+                    {"model": str(comps["general"]), "parameters": {"weight": 0.3}},
+                    {"model": str(comps["math"]), "parameters": {"weight": 0.3}},
+                ],
                 "dtype": "float32",
             }
         )
@@ -97,7 +100,10 @@ def test_unsupported_mergekit_configs(family, tmp_path, capsys):
             {"merge_method": "linear", "models": [{"model": str(comps["math"]), "parameters": {"weight": [0.1, 0.9]}}]},
             "gradient",
         ),
-        "hub": ({"merge_method": "linear", "models": [{"model": "org/some-model", "parameters": {"weight": 1.0}}]}, "not a local directory"),
+        "hub": (
+            {"merge_method": "linear", "models": [{"model": "org/some-model", "parameters": {"weight": 1.0}}]},
+            "not a local directory",
+        ),
     }
     for name, (cfg, message) in cases.items():
         yml = tmp_path / f"{name}.yml"

@@ -150,7 +150,8 @@ def test_failed_command_and_missing_checkpoint_are_named(new_run, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config, run = new_run("fail", **{"train.command.template": '"sh -c \'exit 3\' {output_dir}"'})
-    LlamaForCausalLM(LlamaConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)).save_pretrained(run.base)
+    llama = LlamaConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    LlamaForCausalLM(llama).save_pretrained(run.base)
     plans = plan_command_runs(config, run, ("component",), domains=["math"])
     with pytest.raises(DemixError, match="exit code 3") as err:
         execute_plan(config, run, plans)

@@ -43,7 +43,10 @@ def _division(r: random.Random) -> tuple[str, str]:
     b = r.randint(2, 97)
     a = r.randint(b, 20000)
     q, rem = divmod(a, b)
-    return f"Divide {a} by {b}. Give the quotient and the remainder.", f"{a} = {b} * {q} + {rem}, so the quotient is {q} and the remainder is {rem}."
+    return (
+        f"Divide {a} by {b}. Give the quotient and the remainder.",
+        f"{a} = {b} * {q} + {rem}, so the quotient is {q} and the remainder is {rem}.",
+    )
 
 
 def _linear(r: random.Random) -> tuple[str, str]:
@@ -131,7 +134,8 @@ def _sequence(r: random.Random) -> tuple[str, str]:
     n = r.randint(10, 40)
     return (
         f"The sequence {', '.join(map(str, terms))}, ... is arithmetic. What is its {n}th term, and the sum of its first {n} terms?",
-        f"The difference is {d}, so term {n} is {a} + {n - 1}*{d} = {a + (n - 1) * d}; the sum is {n}*({a} + {a + (n - 1) * d})/2 = {n * (2 * a + (n - 1) * d) // 2}.",
+        f"The difference is {d}, so term {n} is {a} + {n - 1}*{d} = {a + (n - 1) * d}; "
+        f"the sum is {n}*({a} + {a + (n - 1) * d})/2 = {n * (2 * a + (n - 1) * d) // 2}.",
     )
 
 
@@ -152,7 +156,8 @@ def _rate(r: random.Random) -> tuple[str, str]:
     dist = Fraction(speed * (hours * 60 + minutes), 60)
     return (
         f"A car travels at {speed} km per hour for {hours} hours and {minutes} minutes. How far does it go?",
-        f"{hours} h {minutes} min is {Fraction(hours * 60 + minutes, 60)} hours, so it travels {speed} * {Fraction(hours * 60 + minutes, 60)} = {dist} km.",
+        f"{hours} h {minutes} min is {Fraction(hours * 60 + minutes, 60)} hours, "
+        f"so it travels {speed} * {Fraction(hours * 60 + minutes, 60)} = {dist} km.",
     )
 
 

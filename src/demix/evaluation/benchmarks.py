@@ -57,7 +57,7 @@ class Benchmark:
     task: str | None = None
     limit: int | None = None
 
-    def with_metric(self, metric: str, higher_is_better: bool) -> "Benchmark":
+    def with_metric(self, metric: str, higher_is_better: bool) -> Benchmark:
         """A copy with the metric and direction filled in (lm_eval, once the task is loaded)."""
         hib = self.higher_is_better if self.higher_is_better is not None else higher_is_better
         return Benchmark(self.name, self.evaluator, metric, hib, self.domain, self.task, self.limit)

@@ -90,7 +90,7 @@ class HeldoutSet:
     bytes: int  # UTF-8 bytes of the scored targets
     max_id: int  # largest token id in the windows (checked against the model's vocabulary)
 
-    def to(self, device: torch.device) -> "HeldoutSet":
+    def to(self, device: torch.device) -> HeldoutSet:
         return HeldoutSet(
             self.domain,
             self.inputs.to(device),

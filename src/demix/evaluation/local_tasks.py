@@ -230,7 +230,7 @@ def materialize_tasks(
                 # A few tokens of slack: the harness tokenises context + answer together, which
                 # can merge or split a token at the boundary.
                 limit = max_answer_tokens - 4
-                fits = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= limit  # noqa: E731
+                fits = lambda text, limit=limit: len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= limit  # noqa: E731
             mc, bpb = humaneval_items(seed, fits)
             files = {"demix_humaneval.jsonl": _jsonl(mc)} if task == "demix_humaneval" else {"demix_humaneval_bpb.jsonl": _jsonl(bpb)}
             yaml_text = _template(task)

@@ -22,11 +22,26 @@ from demix.errors import DemixError
 #: GPT-2 (``transformer.h.0.attn.c_attn``, ``ln_1``, ``wte``), GPT-NeoX (``embed_in``,
 #: ``attention.query_key_value``, ``embed_out``) and Falcon / BLOOM style names.
 GROUP_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("embeddings", re.compile(r"(^|\.)(embed_tokens|wte|wpe|word_embeddings|tok_embeddings|embed_in|position_embeddings|embed_positions)(\.|$)")),
+    (
+        "embeddings",
+        re.compile(r"(^|\.)(embed_tokens|wte|wpe|word_embeddings|tok_embeddings|embed_in|position_embeddings|embed_positions)(\.|$)"),
+    ),
     ("lm_head", re.compile(r"(^|\.)(lm_head|embed_out)(\.|$)|^output\.weight$")),
     ("norms", re.compile(r"(^|\.)([a-z_]*norm[a-z_0-9]*|ln_\w+|ln_f)(\.|$)")),
-    ("attention", re.compile(r"(^|\.)(self_attn|attn|attention|self_attention)(\.|$)|(^|\.)(q_proj|k_proj|v_proj|o_proj|c_attn|query_key_value|qkv_proj|wqkv)(\.|$)")),
-    ("mlp", re.compile(r"(^|\.)(mlp|feed_forward|ffn)(\.|$)|(^|\.)(gate_proj|up_proj|down_proj|c_fc|fc1|fc2|dense_h_to_4h|dense_4h_to_h|w1|w2|w3)(\.|$)")),
+    (
+        "attention",
+        re.compile(
+            r"(^|\.)(self_attn|attn|attention|self_attention)(\.|$)"
+            r"|(^|\.)(q_proj|k_proj|v_proj|o_proj|c_attn|query_key_value|qkv_proj|wqkv)(\.|$)"
+        ),
+    ),
+    (
+        "mlp",
+        re.compile(
+            r"(^|\.)(mlp|feed_forward|ffn)(\.|$)"
+            r"|(^|\.)(gate_proj|up_proj|down_proj|c_fc|fc1|fc2|dense_h_to_4h|dense_4h_to_h|w1|w2|w3)(\.|$)"
+        ),
+    ),
 )
 
 GROUPS = tuple(g for g, _ in GROUP_PATTERNS) + ("other",)

@@ -86,7 +86,9 @@ class ProxyBuilder:
             local_files_only=True,
             trust_remote_code=trust_remote_code,
         )
-        model.to(components.device)
+        # transformers decorates PreTrainedModel.to with functools.wraps(nn.Module.to), which
+        # mypy types as the unbound Module.to (the device taken for self).
+        model.to(components.device)  # type: ignore[arg-type]
         model.eval()
         model.requires_grad_(False)
 

@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -171,7 +171,12 @@ def parse_size(text: str | int) -> int:
     if isinstance(text, int):
         return text
     s = text.strip().upper().replace(" ", "")
-    units = {"KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "KB": 10**3, "MB": 10**6, "GB": 10**9, "K": 10**3, "M": 10**6, "G": 10**9, "B": 1}
+    units = {
+        "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30,
+        "KB": 10**3, "MB": 10**6, "GB": 10**9,
+        "K": 10**3, "M": 10**6, "G": 10**9,
+        "B": 1,
+    }
     for unit, mult in units.items():
         if s.endswith(unit):
             try:
@@ -209,7 +214,7 @@ class ShardedWriter:
         self.total_size = sum(math.prod(s) * d.itemsize for _, s, d in plan)
         self._order = [(i, name, shape, dtype) for i, shard in enumerate(shards) for name, shape, dtype in shard]
         self._pos = 0
-        self._fh = None
+        self._fh: BinaryIO | None = None
         self._shard = -1
 
     def _open_shard(self, i: int) -> None:
@@ -235,8 +240,9 @@ class ShardedWriter:
             raise RuntimeError(f"writer expected {want} {shape} {dtype}, got {name} {tuple(tensor.shape)} {tensor.dtype}")
         if i != self._shard:
             self._open_shard(i)
+        assert self._fh is not None  # shard i is open
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-        self._fh.write(memoryview(data))
+        self._fh.write(data.data)  # the array's buffer, as a memoryview
         self._pos += 1
 
     def finish(self) -> None:

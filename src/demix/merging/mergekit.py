@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from demix.errors import DemixError
-from demix.merging.methods import METHODS, get_method
+from demix.merging.methods import METHODS, MultiSlerp, get_method
 
 #: The parameters demix has and mergekit does not (left out of written configs).
 _DEMIX_ONLY = {"seed", "use_base", "dot_threshold"}
@@ -81,11 +81,10 @@ def to_mergekit_config(
     per_model = {k: p.pop(k) for k in list(p) if k in _PER_MODEL}
     models = [{"model": path[d], "parameters": {"weight": weights[d], **per_model}} for d in domains]
     cfg["models"] = models
-    if m.uses_base and (method != "multislerp" or m.params.use_base):
+    if m.uses_base and (method != "multislerp" or (isinstance(m, MultiSlerp) and m.params.use_base)):
         cfg["base_model"] = str(Path(base_dir).resolve())
     if method in ("ties", "dare_ties", "della", "breadcrumbs_ties"):
-        p.pop("consensus_method", None)
-        if m.params.consensus_method != "sum":
+        if p.pop("consensus_method", None) != "sum":
             raise DemixError(f"mergekit's '{method}' has only the 'sum' sign consensus", "use consensus_method: sum")
     if p:
         cfg["parameters"] = p
@@ -163,16 +162,16 @@ def read_mergekit_config(path: str | Path) -> MergeSpec:
         if len(others) != 1:
             raise DemixError(f"mergekit config '{path}': slerp needs the base_model and exactly one other model")
         t = float(params.pop("t", 0.5))
-        comps = {_label(base_dir, 0, []): base_dir}
+        comps: dict[str, Path] = {_label(base_dir, 0, []): base_dir}
         comps[_label(others[0], 1, list(comps))] = others[0]
         names = list(comps)
-        weights = {names[0]: 1.0 - t, names[1]: t}
+        weights: dict[str, float] = {names[0]: 1.0 - t, names[1]: t}
         return MergeSpec(method, base_dir, comps, weights, params, _dtype(cfg), _tokenizer(cfg, path, base_dir))
 
     # The base model may be listed among the models (mergekit skips it as a task vector).
     entries = [(p, mp) for p, mp in entries if p != base_dir]
-    comps: dict[str, Path] = {}
-    weights: dict[str, float] = {}
+    comps = {}
+    weights = {}
     shared: dict[str, Any] = {}
     for i, (p, mp) in enumerate(entries):
         label = _label(p, i, list(comps))
@@ -215,7 +214,9 @@ def _tokenizer(cfg: Mapping[str, Any], path: Path, base_dir: Path) -> Path | Non
         return None
     if isinstance(src, str) and src != "union":
         return _resolve(src, path)
-    raise DemixError(f"mergekit config '{path}': tokenizer source {src!r} (vocabulary surgery) is not supported", "use the base's tokenizer")
+    raise DemixError(
+        f"mergekit config '{path}': tokenizer source {src!r} (vocabulary surgery) is not supported", "use the base's tokenizer"
+    )
 
 
 # --------------------------------------------------------------------------- running mergekit

@@ -62,6 +62,8 @@ class MergeMethod:
     num_components: ClassVar[int | None] = None
     #: Whether the result depends on the base checkpoint.
     uses_base: ClassVar[bool] = True
+    #: The validated parameters, an instance of ``Params`` (subclasses narrow the type).
+    params: _Params
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         try:
@@ -139,6 +141,7 @@ class Linear(MergeMethod):
     name = "linear"
     summary = "weighted average sum_i w_i theta_i / sum_i w_i (DeMix; the fast path)"
     Params = _LinearParams
+    params: _LinearParams
     uses_base = False
 
     def coefficients(self, weights: torch.Tensor) -> tuple[float, list[float]]:
@@ -161,6 +164,7 @@ class TaskArithmetic(MergeMethod):
     name = "task_arithmetic"
     summary = "base + lambda * sum_i w_i (theta_i - base)"
     Params = _TaskArithmeticParams
+    params: _TaskArithmeticParams
 
     def coefficients(self, weights: torch.Tensor) -> tuple[float, list[float]]:
         w = weights.double()
@@ -202,6 +206,9 @@ class GeneralizedTaskArithmetic(MergeMethod):
 
     consensus: ClassVar[bool] = False
     sparsification: ClassVar[Literal["magnitude", "random", "outliers", "della"] | None] = None
+    #: Subclasses' ``Params`` add what their sparsification and consensus read: ``gamma``
+    #: (outliers), ``seed`` (random, della), ``epsilon`` (della), ``consensus_method``.
+    params: _GTAParams
 
     def sparsify(self, name: str, index: int, delta: torch.Tensor) -> torch.Tensor:
         p = self.params
@@ -210,12 +217,15 @@ class GeneralizedTaskArithmetic(MergeMethod):
         if self.sparsification == "magnitude":
             kept = sparsify_magnitude(delta, p.density)
         elif self.sparsification == "outliers":
+            assert isinstance(p, _BreadcrumbsParams)
             kept = sparsify_outliers(delta, p.density, p.gamma)
         else:
+            assert isinstance(p, _RandomParams)
             gen = generator(delta.device, tensor_seed(p.seed, name, index))
             if self.sparsification == "random":
                 kept = sparsify_random(delta, p.density, gen)
             else:
+                assert isinstance(p, _DellaLinearParams)
                 kept = sparsify_della(delta, p.density, p.epsilon, gen)
         return rescale_l1(delta, kept) if p.rescale else kept
 
@@ -225,6 +235,7 @@ class GeneralizedTaskArithmetic(MergeMethod):
         w = weights.to(deltas.dtype).view(-1, *([1] * base.dim()))
         weighted = deltas * w
         if self.consensus:
+            assert isinstance(p, _ConsensusParams)
             if p.consensus_method == "sum":
                 elected = torch.where(weighted.sum(0) >= 0, 1.0, -1.0)
             else:
@@ -292,7 +303,11 @@ class _DellaParams(_DellaLinearParams, _ConsensusParams):
     normalize: bool = True
 
 
-class _DellaCheck:
+class _DellaCheck(GeneralizedTaskArithmetic):
+    """DELLA's range check of density +/- epsilon (a base of both DELLA methods, not registered)."""
+
+    params: _DellaLinearParams
+
     def _check(self) -> None:
         p = self.params
         if p.density < 1 and not (0 < p.density - p.epsilon and p.density + p.epsilon < 1):
@@ -303,7 +318,7 @@ class _DellaCheck:
 
 
 @register
-class Della(_DellaCheck, GeneralizedTaskArithmetic):
+class Della(_DellaCheck):
     name = "della"
     summary = "DELLA: magnitude-ranked random drop (density +/- epsilon), rescale, sign consensus"
     Params = _DellaParams
@@ -312,7 +327,7 @@ class Della(_DellaCheck, GeneralizedTaskArithmetic):
 
 
 @register
-class DellaLinear(_DellaCheck, GeneralizedTaskArithmetic):
+class DellaLinear(_DellaCheck):
     name = "della_linear"
     summary = "DELLA drop without sign consensus"
     Params = _DellaLinearParams
@@ -373,6 +388,7 @@ class Slerp(MergeMethod):
     name = "slerp"
     summary = "spherical interpolation of two components; t = the second component's weight"
     Params = _SlerpParams
+    params: _SlerpParams
     num_components = 2
     uses_base = False
 
@@ -396,6 +412,7 @@ class MultiSlerp(MergeMethod):
     name = "multislerp"
     summary = "barycentric interpolation on the hypersphere of any number of components (mergekit)"
     Params = _MultiSlerpParams
+    params: _MultiSlerpParams
 
     def merge_tensor(self, name: str, base: torch.Tensor, components: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         p = self.params

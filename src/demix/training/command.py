@@ -92,7 +92,9 @@ def _fill(template: str, values: Mapping[str, Any], allowed: Sequence[str], what
     try:
         names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
     except ValueError as exc:
-        raise DemixError(f"{what} '{template}' is not a valid template ({exc})", "write placeholders as {name}; double braces {{ }} for literal ones") from None
+        raise DemixError(
+            f"{what} '{template}' is not a valid template ({exc})", "write placeholders as {name}; double braces {{ }} for literal ones"
+        ) from None
     unknown = sorted(n for n in names if n not in allowed)
     if unknown:
         raise DemixError(f"{what} uses unknown placeholder(s) {unknown}", f"use only {{{'}, {'.join(allowed)}}}")
@@ -189,7 +191,10 @@ def plan_command_runs(
                 "train.command.converter",
             )
         plans.append(
-            CommandRun(name, role, domain, dict(mixture), recipe.tokens, recipe.seed, init, str(output_dir), str(hf_dir), str(mixture_file), command, converter)
+            CommandRun(
+                name, role, domain, dict(mixture), recipe.tokens, recipe.seed, init,
+                str(output_dir), str(hf_dir), str(mixture_file), command, converter,
+            )
         )
     return plans
 
@@ -318,7 +323,11 @@ def describe(plans: Sequence[CommandRun]) -> str:
     """What would run, for ``--dry-run``: per run its command, converter and mixture file."""
     out = []
     for p in plans:
-        out += [f"# {p.name}: {p.tokens:,} tokens, seed {p.seed}, mixture {json.dumps(p.mixture)}", f"#   data-mixture file: {p.mixture_file}", p.command]
+        out += [
+            f"# {p.name}: {p.tokens:,} tokens, seed {p.seed}, mixture {json.dumps(p.mixture)}",
+            f"#   data-mixture file: {p.mixture_file}",
+            p.command,
+        ]
         if p.converter:
             out.append(p.converter)
     return "\n".join(out) + "\n"
