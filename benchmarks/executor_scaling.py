@@ -23,7 +23,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from demix.executors import LocalExecutor, ProxyScorerFactory  # noqa: E402
-from demix.mixtures import sample_mixtures  # noqa: E402
+from demix.sampling import sample_mixtures  # noqa: E402
 from tiny_run import build_tiny_run  # noqa: E402
 
 
@@ -31,7 +31,8 @@ def mixtures(domains, n):
     import numpy as np
 
     from demix.config import BoundsConfig, SamplerConfig
-    from demix.mixtures import resolve_bounds, rows_to_mixtures
+    from demix.mixtures import rows_to_mixtures
+    from demix.sampling import resolve_bounds
 
     bounds = resolve_bounds(domains, BoundsConfig(), None, None)
     rows = sample_mixtures(domains, n, np.full(len(domains), 1 / len(domains)), SamplerConfig(), bounds, np.random.default_rng(0))

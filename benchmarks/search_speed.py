@@ -17,9 +17,10 @@ import time
 import numpy as np
 
 from demix.config import BoundsConfig, SamplerConfig
-from demix.mixtures import clip_and_rescale_sample, prior_weights, resolve_bounds, sample_mixtures
+from demix.mixtures import prior_weights
 from demix.objectives import objective_values, select_top_k
 from demix.predictors import fit_predictors
+from demix.sampling import clip_and_rescale_sample, resolve_bounds, sample_mixtures
 
 
 def main() -> None:

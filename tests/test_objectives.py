@@ -44,12 +44,12 @@ def test_weighted_objective_uses_raw_scores_and_user_weights():
 def test_constraint_semantics():
     weights = np.array([[0.5, 0.3, 0.2], [0.2, 0.3, 0.5], [0.4, 0.4, 0.2]])
     scores = np.array([[0.5, 0.30, 0.1], [0.2, 0.50, 0.6], [0.4, 0.25, 0.2]])
-    reference = {"natural": {"math": 0.3, "general": 0.0, "code": 0.0}}
+    baselines = {"natural": {"math": 0.3, "general": 0.0, "code": 0.0}}
     cs = parse_constraints(["math >= natural", "weight.general >= 0.3", "code<0.5"], CAPS, DOMS)
     assert [c.left for c in cs] == ["math", "weight.general", "code"]
-    np.testing.assert_array_equal(feasible(cs[:1], weights, scores, CAPS, DOMS, reference), [True, True, False])
-    np.testing.assert_array_equal(feasible(cs[1:2], weights, scores, CAPS, DOMS, reference), [True, False, True])
-    np.testing.assert_array_equal(feasible(cs, weights, scores, CAPS, DOMS, reference), [True, False, False])
+    np.testing.assert_array_equal(feasible(cs[:1], weights, scores, CAPS, DOMS, baselines), [True, True, False])
+    np.testing.assert_array_equal(feasible(cs[1:2], weights, scores, CAPS, DOMS, baselines), [True, False, True])
+    np.testing.assert_array_equal(feasible(cs, weights, scores, CAPS, DOMS, baselines), [True, False, False])
     assert parse_constraint("code > 1e-2", CAPS, DOMS).right == pytest.approx(0.01)
 
 

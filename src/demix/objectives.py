@@ -3,7 +3,7 @@
 Inputs are predicted capability scores, an (n, C) array on the higher-is-better scale with the
 capability names in column order, and the pool's weights (n, K).
 
-- ``rank_mean`` (the DeMix reference): for each capability the percentile rank of every
+- ``rank_mean`` (the DeMix paper's objective): for each capability the percentile rank of every
   candidate within the pool (0..1, ties share their mean rank), then the (weighted) mean over
   capabilities. Scale-free: capabilities in different units count equally.
 - ``weighted``: the weighted mean of the raw capability scores (the user chooses the scales).
@@ -52,7 +52,7 @@ def percentile_ranks(values: np.ndarray) -> np.ndarray:
 
 
 def rank_mean(scores: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """The reference composite: weighted mean over capabilities of the pool percentile ranks."""
+    """The paper's composite: weighted mean over capabilities of the pool percentile ranks."""
     ranks = percentile_ranks(scores)
     w = weights if weights is not None else np.full(ranks.shape[1], 1.0 / ranks.shape[1])
     return ranks @ w
@@ -88,16 +88,16 @@ class Constraint:
     def on_weight(self) -> bool:
         return self.left.startswith("weight.")
 
-    def threshold(self, reference: Mapping[str, Mapping[str, float]]) -> float:
-        """The right-hand side as a number; ``natural`` / ``uniform`` looked up in ``reference``
+    def threshold(self, baselines: Mapping[str, Mapping[str, float]]) -> float:
+        """The right-hand side as a number; ``natural`` / ``uniform`` looked up in ``baselines``
         ({"natural": {left: value}, ...})."""
         if isinstance(self.right, float):
             return self.right
-        return float(reference[self.right][self.left])
+        return float(baselines[self.right][self.left])
 
-    def holds(self, values: np.ndarray, reference: Mapping[str, Mapping[str, float]]) -> np.ndarray:
+    def holds(self, values: np.ndarray, baselines: Mapping[str, Mapping[str, float]]) -> np.ndarray:
         """Boolean per candidate."""
-        t = self.threshold(reference)
+        t = self.threshold(baselines)
         return {">=": values >= t, "<=": values <= t, ">": values > t, "<": values < t}[self.op]
 
 
@@ -140,9 +140,9 @@ def feasible(
     scores: np.ndarray,
     capabilities: Sequence[str],
     domains: Sequence[str],
-    reference: Mapping[str, Mapping[str, float]] | None = None,
+    baselines: Mapping[str, Mapping[str, float]] | None = None,
 ) -> np.ndarray:
-    """Boolean per candidate: every constraint holds. ``reference`` holds the predicted
+    """Boolean per candidate: every constraint holds. ``baselines`` holds the predicted
     capabilities and weights of the ``natural`` and ``uniform`` mixtures ({name: {key: value}},
     keys are capability names and ``weight.<domain>``)."""
     ok = np.ones(len(weights), dtype=bool)
@@ -151,7 +151,7 @@ def feasible(
             values = weights[:, list(domains).index(c.left[len("weight.") :])]
         else:
             values = scores[:, list(capabilities).index(c.left)]
-        ok &= c.holds(values, reference or {})
+        ok &= c.holds(values, baselines or {})
     return ok
 
 

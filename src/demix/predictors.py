@@ -127,6 +127,7 @@ class Predictors:
         path = directory / "predictors.json"
         try:
             meta = json.loads(path.read_text())
+            models: dict[str, Any]  # a Booster per target (lightgbm), or (coef, intercept) (ridge)
             if meta["kind"] == "lightgbm":
                 import lightgbm as lgb
 
@@ -164,7 +165,11 @@ class TreeEnsemble:
         def walk(node: dict, depth: int) -> tuple[int, int]:
             i = len(feat)
             # A leaf is a node that sends every row to itself: +inf threshold, both children = i.
-            feat.append(0), thr.append(np.inf), left.append(i), right.append(i), value.append(0.0)
+            feat.append(0)
+            thr.append(np.inf)
+            left.append(i)
+            right.append(i)
+            value.append(0.0)
             if "leaf_value" in node:
                 value[i] = float(node["leaf_value"])
                 return i, depth

@@ -34,10 +34,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from demix.errors import DemixError
 from demix.mixtures import mixture_key
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sqlalchemy.dialects.postgresql import Insert as PostgresqlInsert
+    from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 
 SCHEMA_VERSION = 2
 PROXY_KINDS = ("merged", "trained", "reference")
@@ -271,11 +275,16 @@ class Store:
         sa = self._sa
         dialect = self.engine.dialect.name
         if dialect in ("postgresql", "sqlite"):
+            stmt: PostgresqlInsert | SqliteInsert
             if dialect == "postgresql":
-                from sqlalchemy.dialects.postgresql import insert
+                from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+                stmt = postgresql_insert(self.evaluations)
             else:
-                from sqlalchemy.dialects.sqlite import insert
-            stmt = insert(self.evaluations).values(**row).on_conflict_do_nothing(index_elements=["mixture_key", "proxy_kind"])
+                from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+                stmt = sqlite_insert(self.evaluations)
+            stmt = stmt.values(**row).on_conflict_do_nothing(index_elements=["mixture_key", "proxy_kind"])
             with self.engine.begin() as conn:
                 if dialect == "sqlite":
                     return conn.execute(stmt).rowcount == 1

@@ -96,6 +96,7 @@ def eval_command(
     else:
         from demix.mixtures import parse_mixture, validate_mixture
 
+        assert mixture is not None  # exactly one of --checkpoint and --mixture (checked above)
         weights = validate_mixture(parse_mixture(mixture), cfg.data.domain_names, normalize=cfg.merge.normalize)
         stage_header("eval", f"scoring the merged proxy of {weights} on {dev}", out or "(stdout)")
         target = {"mixture": weights}

@@ -31,12 +31,15 @@ def prepare_cmd(
     if result.get("skipped"):
         console.print("[dim]data already prepared for this config; nothing to do (--force redoes it)[/]")
 
+    from rich.console import JustifyMethod
     from rich.table import Table
 
     console.quiet = False  # the summary table is the result: shown even with --quiet
     table = Table(title=f"prepared data ({result['tokenizer']['vocab_size']} token vocabulary)")
-    for col, just in (("domain", "left"), ("documents", "right"), ("train tokens", "right"),
-                      ("held-out tokens", "right"), ("licence", "left")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("domain", "left"), ("documents", "right"), ("train tokens", "right"), ("held-out tokens", "right"), ("licence", "left")
+    )
+    for col, just in columns:
         table.add_column(col, justify=just, overflow="fold")
     for name, d in result["domains"].items():
         tr, ho = d["splits"]["train"], d["splits"]["heldout"]

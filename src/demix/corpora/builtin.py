@@ -203,8 +203,11 @@ GENERAL_PACKAGES: dict[str, tuple[str, str]] = {
 
 def _general(limit: int) -> Iterator[str]:
     # 1. The Python language reference (pydoc topics): one document per topic.
+    topics: dict[str, str]
     try:
-        from pydoc_data.topics import topics
+        import pydoc_data.topics
+
+        topics = pydoc_data.topics.topics
     except ImportError:  # pragma: no cover - stripped-down Pythons
         topics = {}
     for key in sorted(topics):

@@ -57,6 +57,18 @@ class Benchmark:
     task: str | None = None
     limit: int | None = None
 
+    @property
+    def heldout_domain(self) -> str:
+        """``domain``, for a heldout_loss benchmark (:func:`resolve_benchmarks` requires one)."""
+        assert self.domain is not None, f"benchmark '{self.name}' names no domain"
+        return self.domain
+
+    @property
+    def lm_task(self) -> str:
+        """``task``, for an lm_eval benchmark (:func:`resolve_benchmarks` requires one)."""
+        assert self.task is not None, f"benchmark '{self.name}' names no task"
+        return self.task
+
     def with_metric(self, metric: str, higher_is_better: bool) -> Benchmark:
         """A copy with the metric and direction filled in (lm_eval, once the task is loaded)."""
         hib = self.higher_is_better if self.higher_is_better is not None else higher_is_better
@@ -138,7 +150,7 @@ def resolve_capabilities(config: RunConfig, benchmarks: list[Benchmark] | None =
     if not config.evaluation.capabilities:
         groups: dict[str, list[str]] = {}
         for b in benchmarks:
-            groups.setdefault(b.domain if b.evaluator == "heldout_loss" else b.name, []).append(b.name)
+            groups.setdefault(b.heldout_domain if b.evaluator == "heldout_loss" else b.name, []).append(b.name)
         return [Capability(c, {n: 1.0 / len(members) for n in members}) for c, members in groups.items()]
     out: list[Capability] = []
     seen: set[str] = set()

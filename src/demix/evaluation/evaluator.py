@@ -74,7 +74,7 @@ class Evaluator:
         tokenizer = load_tokenizer(run.tokenizer)
 
         heldout = None
-        domains = list(dict.fromkeys(b.domain for b in benchmarks if b.evaluator == "heldout_loss"))
+        domains = list(dict.fromkeys(b.heldout_domain for b in benchmarks if b.evaluator == "heldout_loss"))
         if domains:
             byte_lengths = token_byte_lengths(tokenizer)
             sets = {
@@ -91,7 +91,7 @@ class Evaluator:
             from demix.evaluation.harness import Harness
             from demix.evaluation.local_tasks import HELDOUT_MC_PREFIX, materialize_tasks
 
-            wanted = {b.task for b in lm_benchmarks}
+            wanted = {b.lm_task for b in lm_benchmarks}
             mc_domains = [t[len(HELDOUT_MC_PREFIX) :] for t in wanted if t.startswith(HELDOUT_MC_PREFIX)]
             packed = {
                 d: PackedTokens(split_prefix(run.data, d, "heldout"))

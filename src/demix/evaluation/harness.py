@@ -225,7 +225,7 @@ class Harness:
         self.samples: dict[str, list[int]] = {}
         limits: dict[str, int | None] = {}
         for b in self.benchmarks:
-            members = [b.task] if b.task in leaf else [t.task_name for t in groups[b.task].get_all_tasks()]
+            members = [b.lm_task] if b.lm_task in leaf else [t.task_name for t in groups[b.lm_task].get_all_tasks()]
             for t in members:
                 if t in limits and limits[t] != b.limit:
                     raise DemixError(
@@ -268,6 +268,7 @@ class Harness:
         results = out["results"]
         values, details = {}, {}
         for b in self.benchmarks:
+            assert b.metric is not None  # filled in by with_metric in __init__
             key = b.metric if "," in b.metric else f"{b.metric},none"
             row = results.get(b.task, {})
             if key not in row:

@@ -198,7 +198,10 @@ class HeldoutLoss:
 
         The model is put in eval mode for the call (dropout off) and restored afterwards.
         """
-        vocab = model.get_input_embeddings().num_embeddings
+        # A transformers causal LM; nn.Module types an unknown attribute as Tensor | Module.
+        get_input_embeddings = model.get_input_embeddings
+        assert callable(get_input_embeddings)
+        vocab = get_input_embeddings().num_embeddings
         for s in self.sets.values():
             if s.max_id >= vocab:
                 raise DemixError(

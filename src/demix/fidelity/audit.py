@@ -109,16 +109,16 @@ def audit_components(
             tg = torch.zeros(k, k, dtype=torch.float64, device=flat_b.device)
             for sl in _chunks(flat_b.numel()):
                 bc = flat_b[sl].to(torch.float64)
-                d = flat_c[:, sl].to(torch.float64) - bc  # fp64: exact differences of fp32 / bf16 weights
+                diff = flat_c[:, sl].to(torch.float64) - bc  # fp64: exact differences of fp32 / bf16 weights
                 bsq += float(torch.dot(bc, bc))
-                tg += d @ d.T
+                tg += diff @ diff.T
             tg = tg.cpu()
             _check_finite(bsq, name, [(bsrc, bt)])
             _check_finite(float(tg.diagonal().sum()), name, list(zip(csrc, cts)))
             base_sq[g] += bsq
             gram[g] += tg
     present = [g for g in GROUPS if numel[g] > 0]
-    gram["all"] = sum(gram[g] for g in present)
+    gram["all"] = sum((gram[g] for g in present), torch.zeros(k, k, dtype=torch.float64))
     base_sq["all"] = sum(base_sq[g] for g in present)
     numel["all"] = sum(numel[g] for g in present)
     groups = present + ["all"]

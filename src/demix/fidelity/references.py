@@ -93,7 +93,8 @@ def _sampled_mixtures(
     config: RunConfig, token_counts: Mapping[str, float] | None, seen: set[str]
 ) -> list[ReferenceMixture]:
     """``fidelity.num_references`` sampled mixtures whose keys are not in ``seen``."""
-    from demix.mixtures import prior_weights, resolve_bounds, sample_mixtures
+    from demix.mixtures import prior_weights
+    from demix.sampling import resolve_bounds, sample_mixtures
 
     domains = config.data.domain_names
     f, s = config.fidelity, config.search

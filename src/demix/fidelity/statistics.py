@@ -86,7 +86,8 @@ class Statistic:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Statistic:
-        return cls(**{k: (math.nan if v is None and k in ("value", "ci_low", "ci_high") else v) for k, v in data.items()})
+        fields: dict[str, Any] = {k: (math.nan if v is None and k in ("value", "ci_low", "ci_high") else v) for k, v in data.items()}
+        return cls(**fields)
 
     def __str__(self) -> str:
         if not self.defined:

@@ -89,7 +89,7 @@ def own_domain_capabilities(config: RunConfig) -> dict[str, str]:
     benchmarks = {b.name: b for b in resolve_benchmarks(config)}
     out = {}
     for cap in resolve_capabilities(config, list(benchmarks.values())):
-        domains = {benchmarks[n].domain for n in cap.weights if benchmarks[n].evaluator == "heldout_loss"}
+        domains = {benchmarks[n].heldout_domain for n in cap.weights if benchmarks[n].evaluator == "heldout_loss"}
         if len(domains) == 1 and all(benchmarks[n].evaluator == "heldout_loss" for n in cap.weights):
             out[cap.name] = domains.pop()
     return out

@@ -33,9 +33,10 @@ from demix import proxy_kind as kinds
 from demix.config import RunConfig
 from demix.errors import DemixError
 from demix.executors.base import Executor, LocalExecutor, evaluate_planned
-from demix.mixtures import Bounds, mixture_key, prior_weights, resolve_bounds, rows_to_mixtures, sample_mixtures
+from demix.mixtures import mixture_key, prior_weights, rows_to_mixtures
 from demix.objectives import capability_weights, parse_constraints
 from demix.rundir import RoundFiles, RunDir, read_document_counts
+from demix.sampling import Bounds, resolve_bounds, sample_mixtures
 from demix.search.best import best_mixture
 from demix.search.files import BestMixture, RoundSummary
 from demix.search.fitting import Fit, fit_all, resolve_directions

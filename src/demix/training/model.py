@@ -30,7 +30,7 @@ def load_tokenizer(run: RunDir):
 def build_model(model: ModelConfig, tokenizer, seed: int) -> torch.nn.Module:
     """A freshly initialised decoder-only HF model of the configured shape (fp32), its vocabulary
     the tokenizer's, initialised from ``seed``."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config, set_seed
+    from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig, Qwen3Config, set_seed
 
     if model.hidden_size % model.num_heads:
         raise DemixError(
@@ -56,6 +56,7 @@ def build_model(model: ModelConfig, tokenizer, seed: int) -> torch.nn.Module:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+    hf_config: PretrainedConfig
     if model.architecture == "llama":
         hf_config = LlamaConfig(**common)
     else:

@@ -218,6 +218,7 @@ def _save_final(job: _Job, trainer: DemixTrainer, tokenizer: Any, save_dtype: to
     """Write the trained model into ``job.staging`` (weights in ``save_dtype``, tokenizer, no
     pickle); returns whether this process is the one that goes on to finish it."""
     if world_size() == 1 and save_dtype != torch.float32:
+        assert trainer.model is not None  # DemixTrainer is always given the model
         trainer.model.to(save_dtype)
     if job.staging.exists() and is_main_process():
         shutil.rmtree(job.staging)
@@ -276,6 +277,7 @@ def _train(
         finally:
             progress.close()
         seconds = time.perf_counter() - t0
+        assert trainer.model is not None  # DemixTrainer is given the model
         after = _heldout_losses(trainer.model, config, run, dataset.domains) if single_process else {}
 
         if not _save_final(job, trainer, tokenizer, save_dtype):

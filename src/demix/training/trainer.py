@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -22,6 +22,9 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from demix.checkpoints import INDEX_FILE, SINGLE_FILE
 from demix.config import TrainRecipe
 from demix.training.schedule import lr_multiplier, warmup_steps
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.progress import Progress, TaskID
 
 log = logging.getLogger("demix.training")
 
@@ -66,7 +69,9 @@ class DemixTrainer(Trainer):
         if self.lr_scheduler is None:
             r = self._recipe
             f = lr_multiplier(r.schedule, num_training_steps, r.warmup_fraction, r.min_lr_ratio)
-            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, f)
+            opt = optimizer or self.optimizer
+            assert opt is not None  # Trainer creates the optimizer before the scheduler
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(opt, f)
             self._created_lr_scheduler = True
         return self.lr_scheduler
 
@@ -114,8 +119,8 @@ class ProgressCallback(TrainerCallback):
         self.start_step = 0
         self.steps_done = 0
         self._t0 = 0.0
-        self._progress = None
-        self._task = None
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start_step = state.global_step
@@ -139,7 +144,7 @@ class ProgressCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.steps_done = state.global_step - self.start_step
-        if self._progress is not None:
+        if self._progress is not None and self._task is not None:
             elapsed = max(time.perf_counter() - self._t0, 1e-9)
             tok_s = self.steps_done * self.tokens_per_step / elapsed
             self._progress.update(self._task, completed=state.global_step, tok_s=f"{tok_s:,.0f}")
@@ -147,7 +152,7 @@ class ProgressCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             self.last_loss = float(logs["loss"])
-            if self._progress is not None:
+            if self._progress is not None and self._task is not None:
                 self._progress.update(self._task, loss=f"{self.last_loss:.3f}")
 
     def on_train_end(self, args, state, control, **kwargs):
