@@ -11,7 +11,10 @@ from __future__ import annotations
 
 MERGED = "merged"
 REFERENCE = "reference"
-_TRAINED_PREFIX = "trained@"
+TRAINED = "trained"
+"""A trained proxy of unstated budget (rows of stores written before budgets were compared)."""
+KINDS = (MERGED, TRAINED, REFERENCE)
+_TRAINED_PREFIX = f"{TRAINED}@"
 
 
 def trained(tokens: int) -> str:
@@ -24,3 +27,10 @@ def trained_tokens(kind: str) -> int | None:
     if kind.startswith(_TRAINED_PREFIX) and kind[len(_TRAINED_PREFIX):].isdigit():
         return int(kind[len(_TRAINED_PREFIX):])
     return None
+
+
+def is_known(kind: str) -> bool:
+    """One of :data:`KINDS`, or ``trained@<tokens>`` with a positive budget (the fidelity stage
+    compares several budgets, and a store row is unique per (mixture_key, proxy_kind))."""
+    tokens = trained_tokens(kind)
+    return kind in KINDS or (tokens is not None and tokens > 0)

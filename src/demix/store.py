@@ -20,6 +20,10 @@ row is an evaluation in flight; it is given up, so that another driver can claim
 
 A live driver's claims are never taken from it, so two drivers never evaluate the same
 mixture at the same time, and a done row is never evaluated again.
+
+Why ~500 lines in one module: the claim protocol (claim, renew, release, complete) and the
+schema it runs on (tables, the version-2 migration, the PostgreSQL lock) must be read together
+to see that it is safe; splitting them would hide the invariant across files.
 """
 
 from __future__ import annotations
@@ -38,13 +42,13 @@ from typing import TYPE_CHECKING, Any
 
 from demix.errors import DemixError
 from demix.mixtures import mixture_key
+from demix.proxy_kind import KINDS, MERGED, is_known
 
 if TYPE_CHECKING:  # pragma: no cover
     from sqlalchemy.dialects.postgresql import Insert as PostgresqlInsert
     from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 
 SCHEMA_VERSION = 2
-PROXY_KINDS = ("merged", "trained", "reference")
 #: Default lease of a claim (seconds): it must outlast the longest single evaluation, since a
 #: driver renews its leases between evaluations. Expired claims are re-queued to other drivers.
 DEFAULT_LEASE_SECONDS = 1800.0
@@ -52,15 +56,6 @@ DEFAULT_LEASE_SECONDS = 1800.0
 _V2_COLUMNS = {"owner": "VARCHAR(128)", "lease_expires": "FLOAT"}
 #: Key of the PostgreSQL advisory lock that serialises schema creation between drivers.
 _SCHEMA_LOCK = 0x64656D6978  # "demix"
-
-
-def is_proxy_kind(kind: str) -> bool:
-    """A known proxy kind, or ``trained@<tokens>``: a trained proxy of that token budget (the
-    fidelity stage compares several budgets, and a row is unique per (mixture_key, proxy_kind))."""
-    if kind in PROXY_KINDS:
-        return True
-    head, sep, tokens = kind.partition("@")
-    return head == "trained" and sep == "@" and tokens.isdigit() and int(tokens) > 0
 
 
 def _tables():
@@ -302,7 +297,7 @@ class Store:
     def claim(
         self,
         mixture: Mapping[str, float],
-        proxy_kind: str = "merged",
+        proxy_kind: str = MERGED,
         round: int | None = None,
         provenance: Mapping[str, Any] | None = None,
     ) -> bool:
@@ -311,9 +306,9 @@ class Store:
         A pending row whose lease expired, or whose owner is a dead process of this machine, is
         taken over (re-queued here); the takeover is one conditional UPDATE, so of several
         drivers trying at once exactly one wins."""
-        if not is_proxy_kind(proxy_kind):
+        if not is_known(proxy_kind):
             raise DemixError(
-                f"unknown proxy kind '{proxy_kind}'", f"use one of {', '.join(PROXY_KINDS)}, or trained@<tokens>"
+                f"unknown proxy kind '{proxy_kind}'", f"use one of {', '.join(KINDS)}, or trained@<tokens>"
             )
         sa = self._sa
         row = {
@@ -352,7 +347,7 @@ class Store:
         mixture: Mapping[str, float],
         benchmarks: Mapping[str, float],
         capabilities: Mapping[str, float],
-        proxy_kind: str = "merged",
+        proxy_kind: str = MERGED,
         provenance: Mapping[str, Any] | None = None,
     ) -> bool:
         """Store the scores of a claimed mixture and mark it done (committed on return).
@@ -385,7 +380,7 @@ class Store:
         mixture: Mapping[str, float],
         benchmarks: Mapping[str, float],
         capabilities: Mapping[str, float],
-        proxy_kind: str = "merged",
+        proxy_kind: str = MERGED,
         round: int | None = None,
         provenance: Mapping[str, Any] | None = None,
     ) -> bool:
@@ -399,7 +394,7 @@ class Store:
         mixture: Mapping[str, float],
         benchmarks: Mapping[str, float],
         capabilities: Mapping[str, float],
-        proxy_kind: str = "merged",
+        proxy_kind: str = MERGED,
         provenance: Mapping[str, Any] | None = None,
     ) -> bool:
         """Overwrite the scores (and provenance) of a finished evaluation, e.g. after the
@@ -444,7 +439,7 @@ class Store:
                 n += conn.execute(t.delete().where((t.c.id == r.id) & (t.c.status == "pending") & same)).rowcount
         return n
 
-    def pending_keys(self, proxy_kind: str = "merged") -> dict[str, str | None]:
+    def pending_keys(self, proxy_kind: str = MERGED) -> dict[str, str | None]:
         """Keys of the pending rows (evaluations in flight) -> the driver holding each."""
         sa = self._sa
         t = self.evaluations
@@ -487,7 +482,7 @@ class Store:
             raise self._corrupt(str(exc.orig).splitlines()[0] if exc.orig else str(exc)) from None
         return [self._row(r) for r in rows]
 
-    def get(self, mixture: Mapping[str, float], proxy_kind: str = "merged") -> Evaluation | None:
+    def get(self, mixture: Mapping[str, float], proxy_kind: str = MERGED) -> Evaluation | None:
         """The finished evaluation of this mixture, or None."""
         sa = self._sa
         t = self.evaluations
@@ -498,7 +493,7 @@ class Store:
             r = conn.execute(q).first()
         return self._row(r) if r is not None else None
 
-    def done_keys(self, proxy_kind: str = "merged") -> set[str]:
+    def done_keys(self, proxy_kind: str = MERGED) -> set[str]:
         """Keys of the finished evaluations of one proxy kind."""
         sa = self._sa
         t = self.evaluations

@@ -226,7 +226,7 @@ def test_task_with_missing_data_file_is_a_clear_error(tiny_run, tmp_path):
 
 def test_answer_longer_than_the_context_is_a_clear_error(tiny_run, tmp_path):
     """The harness itself only asserts; demix names the task and what to change."""
-    from .conftest import tiny_llama
+    from helpers.models import tiny_llama
 
     run, tokenizer, _ = tiny_run
     short_context = tiny_llama(len(tokenizer), max_positions=16).eval()

@@ -140,7 +140,7 @@ def test_unknown_domain_or_metric_is_a_clear_error(tiny_run):
 
 
 def test_model_with_a_smaller_vocabulary_is_refused(tiny_run):
-    from .conftest import tiny_llama
+    from helpers.models import tiny_llama
 
     run, tokenizer, _ = tiny_run
     evaluator = Evaluator.from_run(make_config(run.root), run, "cpu")

@@ -9,20 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from demix.errors import DemixError
 from demix.fidelity._tensors import tensor_group
 from demix.fidelity.audit import audit_components, proxy_gap
 from demix.fidelity.audit_report import AuditReport, AuditThresholds
+from helpers.models import save_tiny_checkpoint
 
 
 def _base(path: Path, tied: bool = True) -> dict[str, torch.Tensor]:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=tied)
-    model = LlamaForCausalLM(cfg)
-    model.save_pretrained(path, safe_serialization=True)
+    save_tiny_checkpoint(path, 256, heads=4, max_positions=2048, tie=tied, embedding_scale=1.0)
     return load_file(str(path / "model.safetensors"))
 
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from demix.config import config_from_dict
 from demix.errors import DemixError
@@ -16,15 +15,13 @@ from demix.fidelity.compute import (
     heldout_eval_tokens,
     trained_budget,
 )
+from helpers.models import tiny_llama
 
 VOCAB, HIDDEN = 256, 32
 
 
 def _model(tied: bool) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=tied)
-    return LlamaForCausalLM(cfg)
+    return tiny_llama(VOCAB, hidden=HIDDEN, heads=4, max_positions=2048, tie=tied, embedding_scale=1.0)
 
 
 @pytest.mark.parametrize("tied", [True, False])

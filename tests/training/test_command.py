@@ -13,6 +13,7 @@ import pytest
 from demix.cli import main
 from demix.errors import DemixError
 from demix.training.command import execute_plan, plan_command_runs, register_finished, write_plan
+from helpers.models import save_tiny_checkpoint
 
 GOLDEN = Path(__file__).parents[1] / "golden" / "command"
 TEMPLATE = (
@@ -96,8 +97,6 @@ shutil.copy(out / "arch.json", hf / "config.json")
 def fake_trainer_run(new_run, tmp_path):
     """Factory: a run whose ``train.command`` runs the fake trainer and converter above, with a
     small HF base (no demix.json: a given base) in ``models/base``."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     (tmp_path / "trainer.py").write_text(TRAINER)
     (tmp_path / "convert.py").write_text(CONVERTER)
     py = sys.executable
@@ -112,9 +111,7 @@ def fake_trainer_run(new_run, tmp_path):
                 **overrides,
             },
         )
-        LlamaForCausalLM(
-            LlamaConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
-        ).save_pretrained(run.base)
+        save_tiny_checkpoint(run.base, 400, heads=4, tie=False, max_positions=2048, embedding_scale=1.0)
         return config, run
 
     return make
@@ -147,11 +144,8 @@ def test_commands_run_convert_and_register_for_merging(fake_trainer_run):
 
 
 def test_failed_command_and_missing_checkpoint_are_named(new_run, tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     config, run = new_run("fail", **{"train.command.template": '"sh -c \'exit 3\' {output_dir}"'})
-    llama = LlamaConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
-    LlamaForCausalLM(llama).save_pretrained(run.base)
+    save_tiny_checkpoint(run.base, 400, heads=4, tie=False, max_positions=2048, embedding_scale=1.0)
     plans = plan_command_runs(config, run, ("component",), domains=["math"])
     with pytest.raises(DemixError, match="exit code 3") as err:
         execute_plan(config, run, plans)

@@ -11,11 +11,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from demix.checkpoints import read_provenance, same_weights
 from demix.errors import DemixError
 from demix.packing import PackedTokens, split_prefix
+from demix.tokenizer import load_tokenizer
 from demix.training import (
     build_model,
     finished_components,
     heldout_loss,
-    load_tokenizer,
     train_base,
     train_component,
     train_components,
@@ -30,7 +30,7 @@ def _heldout(model, run, domain, seq_len=32, tokens=2048):
 
 def test_base_training_lowers_heldout_loss_and_writes_a_plain_hf_checkpoint(new_run):
     config, run = new_run()
-    fresh = build_model(config.model, load_tokenizer(run), seed=config.train.base.seed)
+    fresh = build_model(config.model, load_tokenizer(run.tokenizer), seed=config.train.base.seed)
     before = _heldout(fresh, run, "general")
 
     result = train_base(config, run, show_progress=False)
@@ -41,7 +41,7 @@ def test_base_training_lowers_heldout_loss_and_writes_a_plain_hf_checkpoint(new_
     assert before > math.log(300)  # near-uniform over a 400-token vocabulary
     assert after < before - 0.7
     tok = AutoTokenizer.from_pretrained(run.base)
-    assert len(tok) == model.config.vocab_size == len(load_tokenizer(run))
+    assert len(tok) == model.config.vocab_size == len(load_tokenizer(run.tokenizer))
     assert model.config.tie_word_embeddings and model.config.intermediate_size == 4 * 32
 
     prov = read_provenance(run.base)
@@ -202,7 +202,7 @@ def test_budget_below_one_step_is_a_clear_error(new_run):
 
 def _save_model(path, config, run, **model_overrides):
     model_cfg = config.model.model_copy(update=model_overrides)
-    model = build_model(model_cfg, load_tokenizer(run), seed=1)
+    model = build_model(model_cfg, load_tokenizer(run.tokenizer), seed=1)
     model.save_pretrained(path)
     return model
 
@@ -298,7 +298,7 @@ def test_truncated_external_weights_are_a_clear_error(run_with_base, tmp_path):
 
 def test_heldout_loss_matches_a_direct_computation(new_run):
     config, run = new_run()
-    model = build_model(config.model, load_tokenizer(run), seed=0)
+    model = build_model(config.model, load_tokenizer(run.tokenizer), seed=0)
     windows = PackedTokens(split_prefix(run.data, "code", "heldout")).sequences(32, 512)
     with torch.no_grad():
         x = torch.as_tensor(np.asarray(windows))

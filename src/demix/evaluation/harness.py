@@ -149,6 +149,56 @@ def _reuse_requests(task: Any) -> None:
     task.build_all_requests = build_once
 
 
+def _with_metrics(benchmarks: Sequence[Benchmark], leaf: dict[str, Any]) -> list[Benchmark]:
+    """Each benchmark with its metric and direction: read from its (leaf) task; a group's are
+    checked on the first run."""
+    out: list[Benchmark] = []
+    for b in benchmarks:
+        if b.task in leaf:
+            task = leaf[b.task]
+            declared = task.higher_is_better() or {}
+            metric = b.metric or next(iter(declared), None)
+            base = (metric or "").split(",")[0]
+            if metric is None or base not in declared:
+                raise DemixError(
+                    f"benchmark '{b.name}' asks for unknown metric '{metric}' of lm_eval task '{b.task}'",
+                    f"use one of {sorted(declared)}",
+                )
+            out.append(b.with_metric(metric, bool(declared[base])))
+        else:
+            if b.metric is None:
+                raise DemixError(
+                    f"benchmark '{b.name}' reads group '{b.task}', which needs an explicit metric",
+                    "set metric (and higher_is_better) for this benchmark",
+                )
+            out.append(b.with_metric(b.metric, True if b.higher_is_better is None else b.higher_is_better))
+    return out
+
+
+def _fixed_samples(benchmarks: Sequence[Benchmark], leaf: dict[str, Any], groups: dict[str, Any], seed: int) -> dict[str, list[int]]:
+    """Fixed sample subsets: the first ``limit`` documents of a seeded permutation, per leaf task,
+    so that every proxy is scored on the same documents."""
+    samples: dict[str, list[int]] = {}
+    limits: dict[str, int | None] = {}
+    for b in benchmarks:
+        members = [b.lm_task] if b.lm_task in leaf else [t.task_name for t in groups[b.lm_task].get_all_tasks()]
+        for t in members:
+            if t in limits and limits[t] != b.limit:
+                raise DemixError(
+                    f"lm_eval task '{t}' is read by benchmarks with different limits ({limits[t]} and {b.limit})",
+                    "give every benchmark of the same task the same limit",
+                )
+            limits[t] = b.limit
+    for t, limit in limits.items():
+        n = len(leaf[t].eval_docs)
+        if n == 0:
+            raise DemixError(f"lm_eval task '{t}' has no documents", "check its data_files")
+        if limit is not None and limit < n:
+            rng = np.random.default_rng(seed)
+            samples[t] = sorted(int(i) for i in rng.permutation(n)[:limit])
+    return samples
+
+
 class Harness:
     """The lm_eval benchmarks of a run: tasks loaded once, scored on any resident model."""
 
@@ -199,47 +249,8 @@ class Harness:
                 task.set_fewshot_seed(seed)
             _reuse_requests(task)
 
-        # Metrics and directions: read from the (leaf) task; a group's are checked on the first run.
-        self.benchmarks: list[Benchmark] = []
-        for b in benchmarks:
-            if b.task in leaf:
-                task = leaf[b.task]
-                declared = task.higher_is_better() or {}
-                metric = b.metric or next(iter(declared), None)
-                base = (metric or "").split(",")[0]
-                if metric is None or base not in declared:
-                    raise DemixError(
-                        f"benchmark '{b.name}' asks for unknown metric '{metric}' of lm_eval task '{b.task}'",
-                        f"use one of {sorted(declared)}",
-                    )
-                self.benchmarks.append(b.with_metric(metric, bool(declared[base])))
-            else:
-                if b.metric is None:
-                    raise DemixError(
-                        f"benchmark '{b.name}' reads group '{b.task}', which needs an explicit metric",
-                        "set metric (and higher_is_better) for this benchmark",
-                    )
-                self.benchmarks.append(b.with_metric(b.metric, True if b.higher_is_better is None else b.higher_is_better))
-
-        # Fixed sample subsets: the first `limit` documents of a seeded permutation, per leaf task.
-        self.samples: dict[str, list[int]] = {}
-        limits: dict[str, int | None] = {}
-        for b in self.benchmarks:
-            members = [b.lm_task] if b.lm_task in leaf else [t.task_name for t in groups[b.lm_task].get_all_tasks()]
-            for t in members:
-                if t in limits and limits[t] != b.limit:
-                    raise DemixError(
-                        f"lm_eval task '{t}' is read by benchmarks with different limits ({limits[t]} and {b.limit})",
-                        "give every benchmark of the same task the same limit",
-                    )
-                limits[t] = b.limit
-        for t, limit in limits.items():
-            n = len(leaf[t].eval_docs)
-            if n == 0:
-                raise DemixError(f"lm_eval task '{t}' has no documents", "check its data_files")
-            if limit is not None and limit < n:
-                rng = np.random.default_rng(seed)
-                self.samples[t] = sorted(int(i) for i in rng.permutation(n)[:limit])
+        self.benchmarks = _with_metrics(benchmarks, leaf)
+        self.samples = _fixed_samples(self.benchmarks, leaf, groups, seed)
         self._lm: Any = None
 
     def _lm_for(self, model: Any) -> Any:

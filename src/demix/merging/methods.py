@@ -22,6 +22,9 @@ their coefficients and the proxy builder runs them through
 The others go tensor by tensor through :meth:`MergeMethod.merge_tensor`; how they sparsify
 deltas (and why the random drops of DARE and DELLA are the same for every mixture) is
 :mod:`demix.merging.sparsify`.
+
+Why ~450 lines: eleven registered methods, each a small class with its typed parameters, read
+best side by side with the registry; the shared pieces already live in kernel.py and sparsify.py.
 """
 
 from __future__ import annotations

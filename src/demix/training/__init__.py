@@ -25,7 +25,6 @@ _LAZY = {
     "check_vocabulary": "demix.training.model",
     "heldout_loss": "demix.training.model",
     "load_checkpoint": "demix.training.model",
-    "load_tokenizer": "demix.training.model",
     "TrainResult": "demix.training.result",
     "provenance_summary": "demix.training.result",
     "component_mixture": "demix.training.roles",

@@ -14,17 +14,6 @@ import torch
 from demix.checkpoints import read_hf_config, safetensors_files
 from demix.config import ModelConfig
 from demix.errors import DemixError
-from demix.rundir import RunDir
-
-
-def load_tokenizer(run: RunDir):
-    """The run's tokenizer (``run.tokenizer``, written by `demix prepare`)."""
-    from transformers import AutoTokenizer
-
-    if not (run.tokenizer / "tokenizer.json").is_file() and not (run.tokenizer / "tokenizer_config.json").is_file():
-        raise DemixError(f"the run has no tokenizer at '{run.tokenizer}'", "run `demix prepare CONFIG` first")
-    # Never run tokenizer code shipped with a directory: the run's tokenizer is a plain fast tokenizer.
-    return AutoTokenizer.from_pretrained(str(run.tokenizer), trust_remote_code=False)
 
 
 def build_model(model: ModelConfig, tokenizer, seed: int) -> torch.nn.Module:

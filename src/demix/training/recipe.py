@@ -39,6 +39,7 @@ from demix.errors import DemixError
 from demix.mixtures import validate_mixture
 from demix.packing import PackedTokens, split_prefix
 from demix.rundir import RunDir, read_json, write_json
+from demix.tokenizer import load_tokenizer
 from demix.training.data import MixtureDataset
 from demix.training.model import (
     build_model,
@@ -46,7 +47,6 @@ from demix.training.model import (
     checkpoint_dtype,
     heldout_loss,
     load_checkpoint,
-    load_tokenizer,
 )
 from demix.training.result import TrainResult
 from demix.training.roles import check_trainable, component_mixture, require_base, training_steps
@@ -252,7 +252,7 @@ def _train(
         if done is not None:
             return done
         _check(job, config.train.device)
-        tokenizer = load_tokenizer(run)
+        tokenizer = load_tokenizer(run.tokenizer)
         dataset = MixtureDataset(run.data, job.mixture, job.steps * recipe.batch_size, job.seq_len, recipe.seed)
         for d, ep in dataset.epochs().items():
             if ep > 1:
@@ -319,7 +319,7 @@ def train_base(
     if config.model.base_path:
         path = Path(config.model.base_path)
         safetensors_files(path, "base")
-        check_vocabulary(load_tokenizer(run), path, "base")
+        check_vocabulary(load_tokenizer(run.tokenizer), path, "base")
         return TrainResult(path, read_provenance(path) if is_finished(path) else None, skipped=True)
     return _train(
         config,
