@@ -14,11 +14,12 @@ one config file.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from demix.errors import DemixError
 
@@ -33,8 +34,11 @@ class StrictModel(BaseModel):
 
 
 class DomainConfig(StrictModel):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    """Domain name used everywhere (mixtures, benchmarks, files), e.g. `general`, `math`, `code`."""
+    # A name is also a directory name (data/<domain>/, models/components/<domain>/): it must not
+    # start with a dot, so that `.` and `..` can never point outside the run directory.
+    name: str = Field(max_length=100)
+    """Domain name used everywhere (mixtures, benchmarks, files), e.g. `general`, `math`, `code`:
+    letters, digits, `_`, `-` and `.`, not starting with a dot."""
 
     source: str
     """Where the text comes from: `builtin:<name>` for an embedded offline corpus, or a path to a
@@ -48,6 +52,16 @@ class DomainConfig(StrictModel):
 
     license: str | None = None
     """Licence of a user-provided source, recorded in the run's provenance (builtin sources know theirs)."""
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", name):
+            raise ValueError(
+                f"domain name {name!r} is not allowed: use letters, digits, '_', '-' and '.', not starting "
+                "with a dot (it names the domain's directories in the run)"
+            )
+        return name
 
 
 class DataConfig(StrictModel):
@@ -397,6 +411,21 @@ class SearchConfig(StrictModel):
     seed: int = 0
     """Seed of sampling, predictors and selection."""
 
+    @model_validator(mode="after")
+    def _check_pool(self) -> SearchConfig:
+        # A top-k (or region) as large as the pool would average the whole random pool: the
+        # "chosen" mixture would be the sampler's mean, not a choice.
+        if self.top_k >= self.pool_size:
+            raise ValueError(
+                f"search.top_k ({self.top_k}) must be smaller than search.pool_size ({self.pool_size}): "
+                "the chosen mixture averages the top_k best of the pool"
+            )
+        if self.region_size is not None and self.region_size > self.pool_size:
+            raise ValueError(
+                f"search.region_size ({self.region_size}) is larger than search.pool_size ({self.pool_size})"
+            )
+        return self
+
 
 # --------------------------------------------------------------------------- fidelity, scale-out
 
@@ -600,12 +629,16 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None, s
 def read_yaml_mapping(path: str | Path, what: str, missing_fix: str) -> dict[str, Any]:
     """Read a YAML file that must hold a mapping; ``what`` names it in errors ("config file", ...)."""
     path = Path(path)
+    if path.is_dir():
+        raise DemixError(f"{what} '{path}' is a directory, not a YAML file", missing_fix)
     if not path.is_file():
         raise DemixError(f"{what} '{path}' does not exist", missing_fix)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise DemixError(f"{what} '{path}' is not valid YAML: {exc}", "fix the YAML syntax") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DemixError(f"{what} '{path}' cannot be read ({exc})", "check the file's permissions and encoding (UTF-8)") from None
     if not isinstance(data, dict):
         raise DemixError(f"{what} '{path}' must hold a mapping at the top level")
     return data
