@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from demix._lazy import lazy_attribute
 from demix.evaluation.benchmarks import (
     HELDOUT_METRICS,
     Benchmark,
@@ -40,11 +41,7 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'demix.evaluation' has no attribute {name!r}")
+    return lazy_attribute(__name__, _LAZY, name)
 
 
 __all__ = [

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from demix._lazy import lazy_attribute
 from demix.fidelity.metrics import FidelityReport, TargetFidelity, compare, paired_difference
 from demix.fidelity.statistics import Statistic, Target, ratio_score_from_bpb
 
@@ -67,8 +68,4 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'demix.fidelity' has no attribute {name!r}")
+    return lazy_attribute(__name__, _LAZY, name)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from demix._lazy import lazy_attribute
+
 _LAZY = {
     "MixtureDataset": "demix.training.data",
     "allocate": "demix.training.data",
@@ -41,11 +43,7 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'demix.training' has no attribute {name!r}")
+    return lazy_attribute(__name__, _LAZY, name)
 
 
 __all__ = sorted(_LAZY)
