@@ -68,3 +68,16 @@ def test_cli_error_exits_non_zero(tmp_path, capsys):
         main(["export", str(BEST), "--to", "parquet"])
     assert exit_.value.code == 1
     assert "unknown export format" in capsys.readouterr().err
+
+
+def test_a_domain_given_twice_in_the_data_prefixes_is_refused():
+    with pytest.raises(DemixError, match="--data-prefix gives domain 'math' twice"):
+        export(BEST, "megatron", ["math=/a", "general=/g", "math=/b"])
+
+
+def test_a_best_mixture_with_a_domain_given_twice_is_refused(tmp_path):
+    path = tmp_path / "best_mixture.json"
+    path.write_text('{"weights": {"general": 0.3, "math": 0.7, "general": 0.7}}')
+    with pytest.raises(DemixError, match="key 'general' is given twice") as err:
+        export(path, "json")
+    assert str(path) in err.value.what

@@ -228,3 +228,141 @@ def test_cli_prepare_bad_source_exits_nonzero(tmp_path, capsys):
         main(["prepare", str(path)])
     assert exc.value.code == 1
     assert "missing.jsonl" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- never remove what demix did not write
+
+
+def _listing(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_a_second_prepare_replaces_its_own_pack_and_leaves_nothing_behind(tmp_path, sources):
+    cfg = _config(tmp_path, sources)
+    run = RunDir(cfg.run_dir)
+    prepare(cfg, run, progress=False)
+    first = _listing(run.data)
+    again = prepare(cfg, run, progress=False, force=True)
+    assert again["skipped"] is False and is_prepared(cfg, run)
+    assert _listing(run.data) == first  # no staging or replaced directories left over
+    assert not any(p.name.startswith(".") for p in run.data.iterdir())
+
+
+def test_files_a_user_put_in_a_domain_data_directory_are_refused_and_kept(tmp_path, sources):
+    cfg = _config(tmp_path, sources)
+    run = RunDir(cfg.run_dir)
+    prepare(cfg, run, progress=False)
+    notes = run.domain_data("math") / "notes.md"
+    notes.write_text("mine")
+    with pytest.raises(DemixError, match=r"math' holds files demix did not write \(notes\.md\)") as exc:
+        prepare(cfg, run, progress=False, force=True)
+    assert "move them out" in exc.value.fix
+    assert notes.read_text() == "mine" and PackedTokens.exists(split_prefix(run.data, "math", "train"))
+
+
+def test_a_failed_pack_keeps_the_previous_pack_and_no_staging(tmp_path, sources):
+    cfg = _config(tmp_path, sources)
+    run = RunDir(cfg.run_dir)
+    prepare(cfg, run, progress=False)
+    before = (split_prefix(run.data, "math", "train").with_suffix(".bin")).read_bytes()
+    (sources / "math.txt").write_bytes(b"a broken \xff byte")
+    with pytest.raises(DemixError, match="not valid UTF-8"):
+        prepare(cfg, run, progress=False)
+    assert (split_prefix(run.data, "math", "train").with_suffix(".bin")).read_bytes() == before
+    assert not any(p.name.startswith(".") for p in run.data.iterdir())
+    assert not is_prepared(cfg, run)
+
+
+def test_stale_staging_left_by_a_kill_is_cleared_but_a_users_hidden_folder_is_not(tmp_path, sources):
+    cfg = _config(tmp_path, sources)
+    run = RunDir(cfg.run_dir)
+    stale = run.data / ".math.packing-0123456789ab"
+    stale.mkdir(parents=True)
+    (stale / "train.bin.tmp").write_bytes(b"\0" * 8)
+    mine = run.data / ".code.packing-mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    prepare(cfg, run, progress=False)
+    assert not stale.exists() and (mine / "keep.txt").read_text() == "mine"
+
+
+def test_sources_inside_the_data_directory_or_holding_the_run_are_refused(tmp_path, sources):
+    cfg = _config(tmp_path, sources)
+    run = RunDir(cfg.run_dir)
+    inner = run.data / "math" / "math.txt"
+    inner.parent.mkdir(parents=True)
+    inner.write_text("\n\n".join(_math_docs()))
+    cfg.data.domains[1].source = str(inner)
+    with pytest.raises(DemixError, match="of domain 'math' is inside the run's own data directory") as exc:
+        prepare(cfg, run, progress=False)
+    assert f"move it outside '{run.data}'" in exc.value.fix and inner.is_file()
+    cfg.data.domains[1].source = str(tmp_path)
+    with pytest.raises(DemixError, match="of domain 'math' contains the run directory"):
+        prepare(cfg, run, progress=False)
+
+
+def test_a_tokenizer_path_inside_the_runs_tokenizer_is_refused(tmp_path, sources):
+    cfg = _config(tmp_path, sources)
+    run = RunDir(cfg.run_dir)
+    prepare(cfg, run, progress=False)
+    cfg.tokenizer.path = str(run.tokenizer)
+    with pytest.raises(DemixError, match="tokenizer.path .* is inside the run's own tokenizer directory"):
+        prepare(cfg, run, progress=False)
+
+
+def test_a_users_tokenizer_folder_where_the_run_writes_its_own_is_kept(tmp_path, sources):
+    cfg = _config(tmp_path, sources)
+    run = RunDir(cfg.run_dir)
+    run.tokenizer.mkdir(parents=True)
+    (run.tokenizer / "vocab.txt").write_text("mine")
+    with pytest.raises(DemixError, match="is not a tokenizer demix saved"):
+        prepare(cfg, run, progress=False)
+    assert (run.tokenizer / "vocab.txt").read_text() == "mine" and not run.data.exists()
+
+
+def test_a_run_prepared_by_an_older_demix_is_prepared_again(tmp_path, sources):
+    """Its tokenizer has no marker, but the run's provenance.json says a finished prepare wrote it."""
+    from demix.tokenizer import MARKER
+
+    cfg = _config(tmp_path, sources)
+    run = RunDir(cfg.run_dir)
+    prepare(cfg, run, progress=False)
+    (run.tokenizer / MARKER).unlink()
+    assert prepare(cfg, run, progress=False, force=True)["skipped"] is False
+    assert (run.tokenizer / MARKER).is_file()
+
+
+def test_inside_refuses_paths_that_leave_the_run(tmp_path):
+    from demix.packing import inside
+
+    root = tmp_path / "run"
+    (root / "data").mkdir(parents=True)
+    assert inside(root, root / "data" / "math") == root / "data" / "math"
+    for bad in (root / "data" / ".." / "..", root, root / ".." / "elsewhere"):
+        with pytest.raises(DemixError, match=r"outside .*; demix writes and removes only inside it"):
+            inside(root, bad)
+    (tmp_path / "user").mkdir()
+    (root / "data" / "linked").symlink_to(tmp_path / "user")
+    with pytest.raises(DemixError, match=r"resolves to '.*user', outside"):
+        inside(root, root / "data" / "linked")
+
+
+# --------------------------------------------------------------------------- invalid UTF-8
+
+
+def test_errors_replace_is_recorded_in_provenance_and_in_the_fingerprint(tmp_path, sources):
+    from demix.prepare import data_fingerprint
+
+    (sources / "math.txt").write_bytes("\n\n".join(_math_docs()).encode().replace(b"Problem 3.", b"Problem \xff3."))
+    cfg = _config(tmp_path, sources)
+    with pytest.raises(DemixError, match=r"math\.txt' is not valid UTF-8 at byte \d+ \(line \d+\)"):
+        prepare(cfg, RunDir(cfg.run_dir), progress=False)
+    strict = data_fingerprint(cfg)
+    cfg.data.domains[1].errors = "replace"
+    assert data_fingerprint(cfg) != strict
+    result = prepare(cfg, RunDir(cfg.run_dir), progress=False)
+    math = read_json(RunDir(cfg.run_dir).provenance)["domains"]["math"]
+    assert math["errors"] == "replace" and result["domains"]["math"] == math
+    assert math["invalid_utf8_replaced"] == {"total": 1, "files": {str(sources / "math.txt"): 1}}
+    general = result["domains"]["general"]
+    assert general["errors"] == "strict" and general["invalid_utf8_replaced"] == {"total": 0, "files": {}}

@@ -56,3 +56,20 @@ def test_load_directory_that_is_not_a_tokenizer(tmp_path):
     (tmp_path / "junk.txt").write_text("x")
     with pytest.raises(DemixError, match="not a loadable Hugging Face tokenizer"):
         load_tokenizer(tmp_path)
+
+
+def test_save_replaces_only_a_tokenizer_demix_saved(tmp_path):
+    from demix.tokenizer import MARKER, save_tokenizer
+
+    tok = train_bpe(iter(TEXTS), vocab_size=300, save_dir=tmp_path / "tok")
+    assert (tmp_path / "tok" / MARKER).is_file()
+    save_tokenizer(tok, tmp_path / "tok")  # its own: replaced
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(DemixError, match=f"'{mine}' exists and is not a tokenizer demix saved"):
+        save_tokenizer(tok, mine)
+    assert (mine / "notes.txt").read_text() == "mine"
+    save_tokenizer(tok, mine, replace_unmarked=True)  # the caller vouches for it
+    assert len(load_tokenizer(mine)) == 300
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "tok"]  # no staging left

@@ -8,7 +8,8 @@ the store and the CLI can ask about checkpoints without paying for it.
 
 - which files hold the weights: :func:`shard_map`, :func:`safetensors_files`;
 - what the weights look like: :class:`Layout` (names, shapes, dtypes from the headers);
-- whether two checkpoints merge: :func:`check_compatible`;
+- whether two checkpoints merge: :func:`check_compatible`; whether one loads without its own
+  code: :func:`check_loadable`;
 - which weights they are: :func:`weights_hash` (content) and :func:`components_fingerprint`
   (size and time stamps, cheap: it lets a resumed search spot retrained components);
 - where a run keeps them: :func:`base_dir`, :func:`component_dir`, :func:`component_dirs`;
@@ -287,6 +288,52 @@ def check_compatible(base: Layout, others: Mapping[str, Layout], what: str = "co
                 )
             if theirs.is_floating_point != info.is_floating_point:
                 raise DemixError(f"{who} tensor '{tname}' is {theirs.dtype}, the base's is {info.dtype}", fix)
+
+
+def check_loadable(path: str | Path, trust_remote_code: bool = False, role: str = "checkpoint") -> None:
+    """Refuse, from ``config.json`` alone, a checkpoint transformers could load only by running
+    code shipped with it (``auto_map``, or a ``model_type`` transformers does not know) unless
+    ``model.trust_remote_code`` is set, and one that is not a causal LM. The user decides about
+    remote code: demix never turns it on. Imports transformers (its model-type tables) unless
+    ``trust_remote_code``: no model code runs either way."""
+    if trust_remote_code:
+        return
+    config = read_hf_config(path)
+    cfg_file = Path(path) / CONFIG_FILE
+    model_type = config.get("model_type")
+    known, causal = _transformers_model_types()
+    if config.get("auto_map"):
+        own = f", or delete 'auto_map' from {cfg_file} to load it with transformers' own '{model_type}' classes"
+        own = own if model_type in causal else ""
+        raise DemixError(
+            f"{role} '{path}' needs its own modelling code for model_type '{model_type}' ({cfg_file} has 'auto_map': "
+            f"{sorted(config['auto_map'])}), "
+            "which demix does not run unless model.trust_remote_code is set",
+            f"if you trust the code in '{path}', set model.trust_remote_code=true{own}",
+        )
+    if not model_type:
+        raise DemixError(f"{role} '{path}': {cfg_file} has no 'model_type'", "save the checkpoint again with save_pretrained")
+    if model_type not in known:
+        from transformers import __version__ as version
+
+        raise DemixError(
+            f"{role} '{path}' has model_type '{model_type}', which transformers {version} does not know: loading it needs code "
+            "that is not part of transformers",
+            "upgrade transformers if it is a newer architecture; a checkpoint that ships its own code names it in config.json "
+            "'auto_map' and loads only with model.trust_remote_code=true",
+        )
+    if model_type not in causal:
+        raise DemixError(
+            f"{role} '{path}' is a '{model_type}' model, not a causal language model", "use a decoder-only causal LM checkpoint"
+        )
+
+
+def _transformers_model_types() -> tuple[Any, Any]:
+    """The model types transformers knows, and those it builds a causal LM for."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return CONFIG_MAPPING_NAMES, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 
 def check_compatible_dirs(base: str | Path, other: str | Path, what: str = "component", name: str | None = None) -> None:

@@ -53,6 +53,11 @@ class DomainConfig(StrictModel):
     license: str | None = None
     """Licence of a user-provided source, recorded in the run's provenance (builtin sources know theirs)."""
 
+    errors: Literal["strict", "replace"] = "strict"
+    """Invalid UTF-8 in the domain's files: `strict` stops prepare naming the file and the byte offset
+    (and line); `replace` puts U+FFFD for each invalid byte sequence and counts them per file in
+    provenance.json."""
+
     @field_validator("name")
     @classmethod
     def _check_name(cls, name: str) -> str:
@@ -634,7 +639,7 @@ def read_yaml_mapping(path: str | Path, what: str, missing_fix: str) -> dict[str
     if not path.is_file():
         raise DemixError(f"{what} '{path}' does not exist", missing_fix)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as exc:
         raise DemixError(f"{what} '{path}' is not valid YAML: {exc}", "fix the YAML syntax") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -650,13 +655,54 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     return config_from_dict(data, overrides, source=str(path))
 
 
+RESOLVED_HEADER = "# The resolved config of this run, written by demix (edits here are overwritten).\n"
+"""First line of every config.yaml demix writes into a run: how it tells its own file from a user's."""
+
+#: Files that mark a directory as a demix run (written before config.yaml carried its header).
+_RUN_MARKERS = ("timings.json", "store.sqlite", "data/provenance.json", "logs/demix.log")
+
+
 def dump_config(config: RunConfig) -> str:
     """The resolved config as YAML (written into every run directory)."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    return RESOLVED_HEADER + yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:
-    """Write the resolved config; atomically, so a crash never leaves half a file."""
+    """Write the resolved config; atomically, so a crash never leaves half a file. A file at
+    ``path`` that demix did not write (a user's own config.yaml in ``output_dir``) is never replaced."""
     from demix.rundir import atomic_write_text
 
-    atomic_write_text(Path(path), dump_config(config))
+    path = Path(path)
+    if path.is_file() and not _written_by_demix(path):
+        raise DemixError(
+            f"'{path}' is not a config demix wrote, and the run would overwrite it with its resolved config",
+            "set output_dir to a directory of its own (e.g. runs/<name>), or rename your file",
+        )
+    atomic_write_text(path, dump_config(config))
+
+
+def _written_by_demix(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            if fh.readline() == RESOLVED_HEADER:
+                return True
+    except OSError:
+        return False
+    # Runs made before the header existed: a config.yaml beside demix's own run files.
+    return any((path.parent / m).exists() for m in _RUN_MARKERS)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a key given twice in one mapping: PyYAML keeps the last
+    one without a word, so `search:` twice would silently drop the first section."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (line {key_node.start_mark.line + 1})", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)

@@ -59,7 +59,8 @@ def load_best_mixture(path: str | Path) -> BestMixture:
 
 
 def parse_prefixes(items: list[str] | None, domains: list[str]) -> dict[str, str]:
-    """``["general=/data/general", ...]`` -> ``{domain: prefix}``; unknown domains are errors."""
+    """``["general=/data/general", ...]`` -> ``{domain: prefix}``; unknown domains, and a domain
+    given twice (the last would win without a word), are errors."""
     out: dict[str, str] = {}
     for item in items or []:
         name, sep, prefix = item.partition("=")
@@ -67,6 +68,10 @@ def parse_prefixes(items: list[str] | None, domains: list[str]) -> dict[str, str
             raise DemixError(f"--data-prefix '{item}' is not DOMAIN=PATH", "write e.g. --data-prefix general=/data/general_text_document")
         if name not in domains:
             raise DemixError(f"--data-prefix names unknown domain '{name}'", f"use one of {domains}")
+        if name in out:
+            raise DemixError(
+                f"--data-prefix gives domain '{name}' twice ({name}={out[name]} and {item})", "give each domain's data path once"
+            )
         out[name] = prefix
     return out
 

@@ -11,10 +11,12 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
 from demix.errors import DemixError
+from demix.rundir import DuplicateKeyError, loads_json
 
 #: Tolerance on the sum of weights (mixtures read from JSON/YAML carry rounding).
 SUM_TOLERANCE = 1e-6
@@ -64,35 +66,67 @@ def mixture_key(mixture: Mapping[str, float], digits: int = 6) -> str:
 
 def parse_mixture(text: str) -> dict[str, float]:
     """Parse a mixture from the command line: JSON (``{"general": 0.5, ...}``), a path to a
-    JSON file, or ``general=0.5,math=0.3,code=0.2``."""
-    from pathlib import Path
+    JSON file (a ``best_mixture.json`` too: its ``weights``), or ``general=0.5,math=0.3,code=0.2``.
 
+    Every CLI option that takes a mixture comes here. A domain given twice is an error (JSON and
+    pairs alike would otherwise keep the last value without a word), and so is a weight that is
+    not a number; errors about a file name it."""
     text = text.strip()
     if text.startswith("{"):
+        return _json_mixture(text, f"mixture '{text}'", 'write it as {"general": 0.5, "math": 0.5}')
+    if text.endswith(".json"):
+        return _mixture_file(Path(text))
+    return _pairs_mixture(text)
+
+
+def _pairs_mixture(text: str) -> dict[str, float]:
+    data: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = (x.strip() for x in part.partition("="))
+        if not sep:
+            raise DemixError(f"mixture part '{part}' has no '='", "write the mixture as general=0.5,math=0.5")
+        if name in data:
+            raise DemixError(
+                f"domain '{name}' is given twice in the mixture '{text}' ({name}={data[name]:g} and {name}={value})",
+                "give each domain once",
+            )
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DemixError(f"mixture '{text}' is not valid JSON ({exc})", 'write it as {"general": 0.5, "math": 0.5}') from None
-    elif text.endswith(".json"):
-        path = Path(text)
-        if not path.is_file():
-            raise DemixError(f"mixture file '{path}' does not exist", "pass an existing JSON file or domain=weight pairs")
-        data = json.loads(path.read_text())
-        if isinstance(data, dict) and "weights" in data:  # a best_mixture.json
-            data = data["weights"]
-    else:
-        data = {}
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            name, sep, value = part.partition("=")
-            if not sep:
-                raise DemixError(f"mixture part '{part}' has no '='", "write the mixture as general=0.5,math=0.5")
-            try:
-                data[name.strip()] = float(value)
-            except ValueError:
-                raise DemixError(f"mixture weight '{value}' for '{name}' is not a number") from None
+            data[name] = float(value)
+        except ValueError:
+            raise DemixError(f"mixture weight '{value}' for '{name}' is not a number") from None
+    return data
+
+
+def _mixture_file(path: Path) -> dict[str, float]:
+    if not path.is_file():
+        raise DemixError(f"mixture file '{path}' does not exist", "pass an existing JSON file or domain=weight pairs")
+    fix = 'write the file as {"general": 0.5, "math": 0.5} (or pass a best_mixture.json)'
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DemixError(f"mixture file '{path}' cannot be read ({exc})", fix) from None
+    return _json_mixture(text, f"mixture file '{path}'", fix, best_mixture=True)
+
+
+def _json_mixture(text: str, what: str, fix: str, best_mixture: bool = False) -> dict[str, float]:
+    """``{domain: weight}`` from JSON text; ``what`` names the source in errors."""
+    try:
+        data = loads_json(text)
+    except DuplicateKeyError as exc:
+        raise DemixError(f"domain '{exc.key}' is given twice in the {what}", "give each domain once") from None
+    except json.JSONDecodeError as exc:
+        raise DemixError(f"{what} is not valid JSON ({exc})", fix) from None
+    if best_mixture and isinstance(data, dict) and "weights" in data:  # a best_mixture.json
+        data = data["weights"]
     if not isinstance(data, dict):
-        raise DemixError(f"mixture '{text}' is not a mapping of domain to weight")
-    return {str(k): float(v) for k, v in data.items()}
+        raise DemixError(f"{what} is not a mapping of domain to weight", fix)
+    out = {}
+    for name, weight in data.items():
+        # bool is an int to Python, but `true` is no weight.
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise DemixError(f"in the {what}, weight {weight!r} for '{name}' is not a number", fix)
+        out[str(name)] = float(weight)
+    return out
 
 
 def prior_weights(

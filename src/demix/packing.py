@@ -10,13 +10,17 @@ On disk, for a prefix such as ``data/math/train``:
 - ``train.meta.json``: dtype, token / document / UTF-8 byte counts (bits per byte needs bytes).
 
 Files are written under a temporary name and renamed at the end, so a crash never leaves a
-truncated file that looks complete.
+truncated file that looks complete. A domain's directory is packed whole in a staging directory
+next to it and renamed into place (:func:`replace_pack_dir`); what it replaces must be a pack
+demix wrote, told apart by its files (:func:`is_pack_dir`), never by its path.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -140,3 +144,85 @@ def split_prefix(data_dir: str | Path, domain: str, split: str) -> Path:
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', not {split!r}")
     return Path(data_dir) / domain / split
+
+
+# --------------------------------------------------------------------------- pack directories
+
+PACK_FILES = frozenset(
+    f"{split}{ext}" for split in ("train", "heldout") for ext in (".bin", ".idx.npy", ".meta.json", ".bin.tmp", ".idx.tmp.npy")
+)
+"""Every name :class:`PackedWriter` writes in a domain's directory, its temporary names included."""
+
+
+def inside(root: str | Path, path: str | Path) -> Path:
+    """``path``, refused unless it resolves (symlinks and ``..`` followed) strictly inside ``root``:
+    the guard on every directory demix removes or replaces in a run."""
+    top, resolved = Path(root).resolve(), Path(path).resolve()
+    if resolved == top or not resolved.is_relative_to(top):
+        raise DemixError(
+            f"'{path}' resolves to '{resolved}', outside '{top}'; demix writes and removes only inside it",
+            "check the domain names and any symbolic links in the run directory",
+        )
+    return Path(path)
+
+
+def is_pack_dir(path: str | Path) -> bool:
+    """True for a real directory holding only files :class:`PackedWriter` writes (or nothing)."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        return False
+    return all(entry.name in PACK_FILES and not entry.is_dir() for entry in path.iterdir())
+
+
+def check_replaceable(target: str | Path, root: str | Path) -> None:
+    """Raise unless ``target`` (inside ``root``) is absent or a pack demix wrote, i.e. safe to replace."""
+    target = inside(root, target)
+    if not (target.exists() or target.is_symlink()) or is_pack_dir(target):
+        return
+    if target.is_dir() and not target.is_symlink():
+        foreign = sorted(e.name for e in target.iterdir() if e.name not in PACK_FILES or e.is_dir())
+        what = f"holds files demix did not write ({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''})"
+    else:
+        what = "is not a directory demix wrote"
+    raise DemixError(
+        f"'{target}' {what}; prepare packs the domain's tokens there and will not remove them",
+        f"move them out of '{target.parent}' (a domain's source files belong outside the run's data directory), then run again",
+    )
+
+
+def staging_dir(target: str | Path) -> Path:
+    """A new empty directory next to ``target`` to pack into (hidden: domain names never start with a dot)."""
+    target = Path(target)
+    path = target.with_name(f".{target.name}.packing-{uuid.uuid4().hex[:12]}")
+    path.mkdir(parents=True)
+    return path
+
+
+def replace_pack_dir(staging: str | Path, target: str | Path, root: str | Path) -> None:
+    """Rename the finished ``staging`` pack into ``target``, replacing only a pack demix wrote.
+
+    A directory rename cannot replace a non-empty one, so the old pack moves aside first; a crash
+    between the two renames leaves no ``target`` (prepare redoes it) and a hidden leftover that
+    :func:`remove_stale` clears."""
+    staging, target = Path(staging), inside(root, target)
+    check_replaceable(target, root)
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    old = target.with_name(f".{target.name}.replaced-{uuid.uuid4().hex[:12]}")
+    os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old)
+
+
+def remove_pack_dir(path: str | Path, root: str | Path) -> None:
+    """Remove ``path`` if it is a pack demix wrote inside ``root``; anything else is left alone."""
+    path = inside(root, path)
+    if is_pack_dir(path):
+        shutil.rmtree(path)
+
+
+def remove_stale(data_dir: str | Path) -> None:
+    """Clear the hidden staging / replaced packs an interrupted prepare left in ``data_dir``."""
+    for path in sorted(Path(data_dir).glob(".*.packing-*")) + sorted(Path(data_dir).glob(".*.replaced-*")):
+        remove_pack_dir(path, data_dir)

@@ -8,6 +8,12 @@ Outputs in the run directory (see :mod:`demix.rundir`):
   and the fingerprint of the data + tokenizer config. It is written last, so its presence with
   the same fingerprint means the stage is complete and is skipped.
 
+Nothing outside the run's own outputs is ever removed: each domain is packed in a hidden staging
+directory and renamed into ``data/<domain>/``, replacing only a pack demix wrote (told apart by
+its files, :func:`demix.packing.is_pack_dir`); a source inside ``data/`` (or one that holds the run
+directory) and a ``tokenizer.path`` inside the run's ``tokenizer/`` are refused before anything
+is written (:func:`check_layout`).
+
 Two passes over each domain's documents (they are re-read, not held in memory, so user corpora
 larger than RAM work): the first feeds the tokenizer trainer with training documents up to
 ``tokenizer.max_train_bytes`` (an equal share per domain), the second tokenises every document
@@ -19,16 +25,26 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
-from demix.config import RunConfig
+from demix.config import DomainConfig, RunConfig
 from demix.corpora import Corpus, SplitStats, check_nonempty, open_corpus, split_documents
 from demix.errors import DemixError
-from demix.packing import PackedTokens, PackedWriter, split_prefix
+from demix.packing import (
+    PackedTokens,
+    PackedWriter,
+    check_replaceable,
+    inside,
+    remove_pack_dir,
+    remove_stale,
+    replace_pack_dir,
+    split_prefix,
+    staging_dir,
+)
 from demix.rundir import RunDir, read_json, write_json
 
 log = logging.getLogger("demix.prepare")
@@ -103,29 +119,93 @@ def _tokenizer_texts(config: RunConfig, corpora: dict[str, Corpus], bar: Any) ->
         bar.update(task, completed=share * len(corpora), description="tokenizer: training BPE", info="")
 
 
-def _make_tokenizer(config: RunConfig, run: RunDir, corpora: dict[str, Corpus], bar: Any) -> Any:
+def _make_tokenizer(config: RunConfig, run: RunDir, corpora: dict[str, Corpus], bar: Any, prepared_before: bool) -> Any:
     from demix.tokenizer import load_tokenizer, save_tokenizer, train_bpe
 
     if config.tokenizer.path:
         tok = load_tokenizer(config.tokenizer.path, trust_remote_code=config.model.trust_remote_code)
-        save_tokenizer(tok, run.tokenizer)
-        return tok
-    t0 = time.perf_counter()
-    tok = train_bpe(_tokenizer_texts(config, corpora, bar), config.tokenizer.vocab_size, run.tokenizer)
-    log.info("trained byte-level BPE, vocabulary %d, in %.1f s", len(tok), time.perf_counter() - t0)
+    else:
+        t0 = time.perf_counter()
+        tok = train_bpe(_tokenizer_texts(config, corpora, bar), config.tokenizer.vocab_size)
+        log.info("trained byte-level BPE, vocabulary %d, in %.1f s", len(tok), time.perf_counter() - t0)
+    save_tokenizer(tok, inside(run.root, run.tokenizer), replace_unmarked=prepared_before)
     return tok
 
 
+# --------------------------------------------------------------------------- layout checks
+
+
+def _check_source(domain: DomainConfig, run: RunDir) -> None:
+    """A user source must not live where prepare writes, nor hold the run (it would read its own files)."""
+    if domain.source.strip().startswith("builtin:"):
+        return
+    source = Path(domain.source.strip()).expanduser().resolve()
+    if source.is_relative_to(run.data.resolve()):
+        raise DemixError(
+            f"data source '{domain.source}' of domain '{domain.name}' is inside the run's own data directory "
+            f"'{run.data}', which prepare rewrites",
+            f"move it outside '{run.data}' (e.g. to a sources/ folder beside it) and point data.domains[].source there",
+        )
+    if source.is_dir() and run.root.resolve().is_relative_to(source):
+        raise DemixError(
+            f"data source '{domain.source}' of domain '{domain.name}' contains the run directory '{run.root}': "
+            "prepare would read the run's own files as documents",
+            "point source at a folder holding only the domain's files, or set output_dir outside it",
+        )
+
+
+def _check_tokenizer_path(path: str, run: RunDir) -> None:
+    if Path(path).expanduser().resolve().is_relative_to(run.tokenizer.resolve()):
+        raise DemixError(
+            f"tokenizer.path '{path}' is inside the run's own tokenizer directory '{run.tokenizer}', which prepare rewrites",
+            f"copy your tokenizer outside '{run.tokenizer}' and point tokenizer.path there",
+        )
+
+
+def check_layout(config: RunConfig, run: RunDir) -> None:
+    """Refuse, before anything is written, a layout in which prepare would remove or overwrite a
+    user's files or read its own outputs: a source inside ``data/`` or holding the run, a
+    ``tokenizer.path`` inside the run's ``tokenizer/``, and a ``data/<domain>/`` or ``tokenizer/``
+    that demix did not write."""
+    from demix.tokenizer import check_replaceable as check_tokenizer_replaceable
+
+    if run.data.exists() and not run.data.is_dir():
+        raise DemixError(f"'{run.data}' is not a directory; prepare writes the packed data there", "move that file away")
+    for domain in config.data.domains:
+        _check_source(domain, run)
+    if config.tokenizer.path:
+        _check_tokenizer_path(config.tokenizer.path, run)
+    for name in config.data.domain_names:
+        check_replaceable(run.domain_data(name), run.data)
+    check_tokenizer_replaceable(inside(run.root, run.tokenizer), replace_unmarked=run.provenance.is_file())
+
+
+# --------------------------------------------------------------------------- packing
+
+
 def _pack_domain(config: RunConfig, run: RunDir, corpus: Corpus, tok: Any, bar: Any) -> dict[str, Any]:
+    """Pack one domain in a staging directory, then rename it into ``data/<domain>/``."""
+    # The data directory is the root of the guard (not the run): a data/ linked to a larger disk still works.
+    target = inside(run.data, run.domain_data(corpus.domain.name))
+    staging = staging_dir(target)
+    try:
+        record = _pack_into(staging, config, corpus, tok, bar)
+        replace_pack_dir(staging, target, run.data)
+    finally:
+        remove_pack_dir(staging, run.data)  # still there only when packing failed: the previous pack stays
+    return record
+
+
+def _pack_into(out_dir: Path, config: RunConfig, corpus: Corpus, tok: Any, bar: Any) -> dict[str, Any]:
+    """Split, tokenise and write one domain's packed files into ``out_dir``; its provenance record."""
     from demix.tokenizer import encode_batch
 
     name = corpus.domain.name
     max_tokens = corpus.domain.max_tokens
     vocab = len(tok)
-    out_dir = run.domain_data(name)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    writers = {s: PackedWriter(split_prefix(run.data, name, s), vocab, tok.eos_token_id) for s in ("train", "heldout")}
+    writers = {s: PackedWriter(out_dir / s, vocab, tok.eos_token_id) for s in ("train", "heldout")}
     stats = SplitStats()
+    decoder = corpus.decoder()
     task = bar.add_task(f"packing {name}", total=None, info="") if bar else None
     train_tokens = 0
     capped = False
@@ -146,7 +226,7 @@ def _pack_domain(config: RunConfig, run: RunDir, corpus: Corpus, tok: Any, bar: 
     batch: list[tuple[str, str]] = []
     size = 0
     docs = split_documents(
-        corpus.documents(), config.data.seed, config.data.heldout_fraction, config.data.max_heldout_documents, stats
+        corpus.documents(decoder), config.data.seed, config.data.heldout_fraction, config.data.max_heldout_documents, stats
     )
     for item in docs:
         batch.append(item)
@@ -163,17 +243,12 @@ def _pack_domain(config: RunConfig, run: RunDir, corpus: Corpus, tok: Any, bar: 
     if bar:
         bar.update(task, total=1, completed=1)
 
-    check_nonempty(name, corpus.domain.source, metas["train"]["documents"] + metas["heldout"]["documents"])
-    total_docs = metas["train"]["documents"] + metas["heldout"]["documents"]
-    for split, what in (("heldout", "data.heldout_fraction"), ("train", "data.heldout_fraction (lower)")):
-        if metas[split]["documents"] == 0:
-            raise DemixError(
-                f"domain '{name}' has no {split} documents ({total_docs} documents in all, "
-                f"heldout_fraction {config.data.heldout_fraction})",
-                f"add documents to the domain (a .txt file splits on blank lines), or change {what}",
-            )
+    _check_splits(config, corpus.domain, metas)
+    if decoder.total:
+        log.warning("domain %s: replaced %d invalid UTF-8 sequences in %d files (errors: replace)",
+                    name, decoder.total, len(decoder.replaced))
     return {
-        **corpus.provenance(),
+        **corpus.provenance(decoder),
         "documents_read": stats.documents_read,
         "duplicates_dropped": stats.duplicates,
         "heldout_dropped_over_cap": stats.heldout_over_cap,
@@ -182,6 +257,19 @@ def _pack_domain(config: RunConfig, run: RunDir, corpus: Corpus, tok: Any, bar: 
             s: {k: metas[s][k] for k in ("documents", "bytes", "tokens")} for s in ("train", "heldout")
         },
     }
+
+
+def _check_splits(config: RunConfig, domain: DomainConfig, metas: dict[str, dict[str, Any]]) -> None:
+    """A domain needs documents, and at least one in each split."""
+    total_docs = metas["train"]["documents"] + metas["heldout"]["documents"]
+    check_nonempty(domain.name, domain.source, total_docs)
+    for split, what in (("heldout", "data.heldout_fraction"), ("train", "data.heldout_fraction (lower)")):
+        if metas[split]["documents"] == 0:
+            raise DemixError(
+                f"domain '{domain.name}' has no {split} documents ({total_docs} documents in all, "
+                f"heldout_fraction {config.data.heldout_fraction})",
+                f"add documents to the domain (a .txt file splits on blank lines), or change {what}",
+            )
 
 
 def prepare(config: RunConfig, run: RunDir, progress: bool = True, force: bool = False) -> dict[str, Any]:
@@ -198,13 +286,17 @@ def prepare(config: RunConfig, run: RunDir, progress: bool = True, force: bool =
         result = read_json(run.provenance)
         result["skipped"] = True
         return result
+    check_layout(config, run)
 
     t0 = time.perf_counter()
+    # A finished prepare of an older demix left a tokenizer without demix's marker: it may be replaced.
+    prepared_before = run.provenance.is_file()
     # Invalidate first: a crash half-way must not leave an old provenance that looks complete.
     run.provenance.unlink(missing_ok=True)
     run.data.mkdir(parents=True, exist_ok=True)
+    remove_stale(run.data)
     with _progress(progress) as bar:
-        tok = _make_tokenizer(config, run, corpora, bar)
+        tok = _make_tokenizer(config, run, corpora, bar, prepared_before)
         domains = {name: _pack_domain(config, run, corpus, tok, bar) for name, corpus in corpora.items()}
     result = {
         "fingerprint": fingerprint,

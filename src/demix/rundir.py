@@ -28,9 +28,11 @@ stage asks the run directory for: token counts of the prepared data and stage ti
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,25 +40,95 @@ from typing import Any
 
 from demix.errors import DemixError
 
+#: What to do about an OSError on a path, by errno; the default covers the rest.
+_OS_FIXES = {
+    errno.ENOSPC: "free space on that disk (or choose a path on another one) and run the command again; "
+    "files demix finished before are intact",
+    errno.EDQUOT: "free space within your disk quota (or choose a path on another disk) and run the command again",
+    errno.EROFS: "choose a path on a writable file system",
+    errno.EACCES: "change the permissions, or choose a path you may read and write",
+    errno.EPERM: "change the permissions, or choose a path you may read and write",
+    errno.EISDIR: "give a file path (a new file, or one demix wrote), not a directory",
+    errno.EEXIST: "a file stands where demix needs a directory: choose another path, or move that file",
+    errno.ENOTDIR: "a file stands where demix needs a directory: choose another path, or move that file",
+    errno.ENOENT: "check the path: it, or a directory on the way to it, does not exist",
+}
+#: Errors of the machine, not of a path, that a user can still mend (a traceback would not help).
+USER_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def os_error(exc: OSError, path: str | Path | None = None, action: str = "use") -> DemixError:
+    """An OSError as the one-line DemixError the user sees: what failed on which path, and the fix.
+
+    ``path`` is the one the user knows (an atomic write fails on its temporary file); by default
+    the error's own filename. The CLI's entry point sends every OSError on a path through here."""
+    where = path if path is not None else exc.filename
+    reason = exc.strerror or str(exc)
+    fix = _OS_FIXES.get(exc.errno or 0, "check the path and its permissions, then run the command again")
+    if where is None:  # the library did not say which file (e.g. numpy's writers on a full disk)
+        return DemixError(f"{reason} (while writing or reading a file)", fix)
+    return DemixError(f"cannot {action} '{where}': {reason}", fix)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write ``path`` through ``write(temporary path)`` then rename, so that readers see the old or
+    the new content, never half of it: a full disk or a kill leaves the previous file intact.
+    An OSError is a DemixError naming ``path``; a directory at ``path`` is never replaced."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise os_error(exc, path, "write") from exc
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise os_error(exc, path, "write") from exc
+        raise
+
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file so that readers see the old or the new content, never half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
+    """Write a text file atomically (see :func:`atomic_write`)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 def write_json(path: Path, data: Any) -> None:
     """Atomically write pretty JSON."""
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+class DuplicateKeyError(ValueError):
+    """A JSON object gives the same key twice (json keeps the last one without a word)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"key '{key}' is given twice")
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKeyError(key)
+        out[key] = value
+    return out
+
+
+def loads_json(text: str) -> Any:
+    """Parse JSON, refusing an object that gives a key twice (:class:`DuplicateKeyError`, a
+    ValueError): demix never writes one, so it is a hand edit that would silently lose a value."""
+    return json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
 
 
 def read_json(path: str | Path) -> Any:
@@ -65,14 +137,17 @@ def read_json(path: str | Path) -> Any:
 
 
 def read_run_file(path: str | Path, fix: str) -> Any:
-    """Parse a JSON file that demix wrote; a missing, unreadable or garbled one is a DemixError
-    naming the path and ``fix``."""
+    """Parse a JSON file that demix wrote; a missing, unreadable or garbled one (a key given
+    twice included) is a DemixError naming the path and ``fix``."""
     path = Path(path)
     if not path.is_file():
         raise DemixError(f"'{path}' does not exist", fix)
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return loads_json(path.read_text())
+    except DuplicateKeyError as exc:
+        # demix never writes a key twice: the file was edited by hand.
+        raise DemixError(f"'{path}' cannot be read ({exc})", f"give the key '{exc.key}' once, or {fix}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DemixError(f"'{path}' cannot be read ({exc})", fix) from None
 
 

@@ -4,11 +4,18 @@ Byte-level BPE (GPT-2 style, Hugging Face `tokenizers`) needs no normalisation a
 token: every UTF-8 string encodes and decodes back exactly. It is saved as a
 ``PreTrainedTokenizerFast`` so every later stage (and the exported checkpoints) loads it with
 plain transformers.
+
+Every tokenizer directory demix saves holds :data:`MARKER`: it is how prepare knows a
+``tokenizer/`` is its own to replace (a user's directory of the same name is never removed).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,6 +25,9 @@ from demix.errors import DemixError
 log = logging.getLogger("demix.tokenizer")
 
 EOS_TOKEN = "<|endoftext|>"
+
+MARKER = "demix_tokenizer.json"
+"""Written into every tokenizer directory :func:`save_tokenizer` saves (transformers ignores it)."""
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, save_dir: str | Path | None = None) -> Any:
@@ -56,18 +66,35 @@ def train_bpe(texts: Iterable[str], vocab_size: int, save_dir: str | Path | None
     return fast
 
 
-def save_tokenizer(tokenizer: Any, save_dir: str | Path) -> None:
-    """Save a tokenizer directory (written next to it and renamed, so never half-written)."""
-    import os
-    import shutil
-
+def check_replaceable(save_dir: str | Path, replace_unmarked: bool = False) -> None:
+    """Raise unless ``save_dir`` is absent or a tokenizer demix saved (it holds :data:`MARKER`);
+    ``replace_unmarked`` vouches for a directory without it (a run prepared by an older demix)."""
     save_dir = Path(save_dir)
-    tmp = save_dir.with_name(save_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer.save_pretrained(str(tmp))
-    if save_dir.exists():
-        shutil.rmtree(save_dir)
-    os.replace(tmp, save_dir)
+    exists = save_dir.exists() or save_dir.is_symlink()
+    ours = save_dir.is_dir() and not save_dir.is_symlink() and (replace_unmarked or (save_dir / MARKER).is_file())
+    if not exists or ours:
+        return
+    raise DemixError(
+        f"'{save_dir}' exists and is not a tokenizer demix saved (no {MARKER} in it); prepare writes the run's tokenizer there",
+        f"move '{save_dir}' out of the run directory (to use it as the run's tokenizer, point tokenizer.path at its new "
+        "place); one left by an interrupted prepare of an older demix can be deleted",
+    )
+
+
+def save_tokenizer(tokenizer: Any, save_dir: str | Path, replace_unmarked: bool = False) -> None:
+    """Save a tokenizer directory (written next to it and renamed, so never half-written). An
+    existing ``save_dir`` is replaced only when demix saved it (see :func:`check_replaceable`)."""
+    save_dir = Path(save_dir)
+    check_replaceable(save_dir, replace_unmarked)
+    tmp = save_dir.with_name(f".{save_dir.name}.saving-{uuid.uuid4().hex[:12]}")
+    try:
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / MARKER).write_text(json.dumps({"written_by": "demix"}) + "\n")
+        if save_dir.exists():
+            shutil.rmtree(save_dir)
+        os.replace(tmp, save_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # only ever our own staging directory
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any:

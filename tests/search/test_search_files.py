@@ -22,6 +22,7 @@ from demix.search import (
     run_search,
     search_is_complete,
 )
+from demix.search.settings import ScoringSettings
 from search_fixtures import DOMAINS, TOKENS, golden_search, make_config, synthetic_result
 
 GOLDEN = Path(__file__).parents[1] / "golden"
@@ -69,7 +70,10 @@ def test_best_mixture_round_trips_the_files_demix_wrote(tmp_path):
 
 def test_the_search_writes_the_layout_it_always_wrote(golden_run):
     config, run, result = golden_run
-    same(json.loads((GOLDEN / "best_mixture_search.json").read_text()), json.loads(run.best_mixture.read_text()))
+    written = json.loads(run.best_mixture.read_text())
+    # The one key added since: what the proxies were scored with (demix.search.settings), last.
+    assert list(written)[-1] == "settings" and written.pop("settings") == ScoringSettings.of(config).fingerprint
+    same(json.loads((GOLDEN / "best_mixture_search.json").read_text()), written)
     assert result.best == BestMixture.read(run.best_mixture)
     for r in range(2):
         files = run.round_files(r)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -233,6 +234,7 @@ def test_dispatch_refuses_unknown_and_external_domains_before_training(fake_trai
     config, run = fake_trainer_run("refuse", **{"train.backend": "command"})
     with pytest.raises(DemixError, match="'poetry' is not a domain"):
         train_components(config, run, ["math", "poetry"])
+    shutil.copytree(run.base, tmp_path / "elsewhere")  # a valid external component: it exists, it merges
     config.train.components.paths = {"code": str(tmp_path / "elsewhere")}
     with pytest.raises(DemixError, match="external"):
         train_components(config, run, ["math", "code"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import NoReturn
 
 import typer
 
@@ -44,25 +45,56 @@ def _register() -> None:
                 raise
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the console script: user errors print one message and exit 1."""
-    _register()
-    try:
-        app(args=argv, standalone_mode=False)
-    except DemixError as exc:
-        from rich.console import Console
+#: What Ctrl-C prints: every stage commits its work as it goes, so the same command resumes.
+INTERRUPTED = "interrupted; run again to resume"
+#: The exit code of a command stopped by SIGINT (128 + 2), what shells report for Ctrl-C.
+INTERRUPTED_CODE = 130
 
-        Console(stderr=True).print(f"[bold red]error:[/] {exc.what}")
-        if exc.fix:
-            Console(stderr=True).print(f"[bold]fix:[/] {exc.fix}")
-        sys.exit(1)
-    except SystemExit:
-        raise
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script. The exit code a verb asks for (``typer.Exit(2)``, or a
+    returned int) is the process's; user errors print one message and exit 1; Ctrl-C prints how
+    to resume and exits 130."""
+    _register()
+    from demix.cli._common import console
+
+    console.quiet = False  # a verb's --quiet holds for that call only (main may run several in one process)
+    try:
+        # Non-standalone, typer hands back the exit code instead of exiting (and turns Ctrl-C
+        # inside a verb into code 130): it is ours to pass on.
+        code = app(args=argv, standalone_mode=False)
+    except DemixError as exc:
+        _fail(exc)
+    except OSError as exc:
+        from demix.rundir import USER_ERRNOS, os_error
+
+        if exc.filename is None and exc.errno not in USER_ERRNOS:
+            raise  # no path and nothing the user can mend: a bug, keep its traceback
+        _fail(os_error(exc))
+    except KeyboardInterrupt:
+        code = INTERRUPTED_CODE
     except Exception as exc:
         # Usage errors of the click that typer bundles: print them like click would.
-        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
+        if type(exc).__name__ == "Abort":  # click's Abort: Ctrl-C or end of input at a prompt
+            code = INTERRUPTED_CODE
+        elif hasattr(exc, "show") and hasattr(exc, "exit_code"):
             exc.show()
             sys.exit(exc.exit_code)
-        if type(exc).__name__ == "Abort":
-            sys.exit(130)
-        raise
+        else:
+            raise
+    if code == INTERRUPTED_CODE:
+        print(INTERRUPTED, file=sys.stderr)
+    if isinstance(code, int) and not isinstance(code, bool) and code != 0:
+        sys.exit(code)
+
+
+def _fail(exc: DemixError) -> NoReturn:
+    """Print a user error (markup-free, unwrapped: paths stay whole) and exit 1."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    err = Console(stderr=True, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(exc.what)}")
+    if exc.fix:
+        err.print(f"[bold]fix:[/] {escape(exc.fix)}")
+    sys.exit(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,7 @@ import typer
 from rich.console import Console
 
 from demix.config import RunConfig, load_config, save_config
+from demix.errors import DemixError
 from demix.rundir import RunDir
 
 console = Console()
@@ -25,11 +27,20 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors
 def open_run(config_path: Path, overrides: list[str] | None, quiet: bool = False) -> tuple[RunConfig, RunDir]:
     """Load the config, create the run directory, save the resolved config, start the log file."""
     config = load_config(config_path, overrides or [])
+    return config, start_run(config, quiet)
+
+
+def start_run(config: RunConfig, quiet: bool = False) -> RunDir:
+    """Create the run directory (output_dir), save the resolved config, start the log file."""
     run = RunDir(config.run_dir)
+    if run.root.exists() and not run.root.is_dir():
+        raise DemixError(
+            f"output_dir '{run.root}' is a file, not a directory", "set output_dir to a directory (a new one, or an earlier run's)"
+        )
     run.root.mkdir(parents=True, exist_ok=True)
     save_config(config, run.config)
     setup_logging(run, quiet)
-    return config, run
+    return run
 
 
 def setup_logging(run: RunDir, quiet: bool = False) -> None:
@@ -39,10 +50,25 @@ def setup_logging(run: RunDir, quiet: bool = False) -> None:
     root.setLevel(logging.INFO)
     for h in list(root.handlers):
         root.removeHandler(h)
-    fh = logging.FileHandler(run.log)
+    fh = RunLogHandler(run.log)
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(fh)
     console.quiet = quiet
+
+
+class RunLogHandler(logging.FileHandler):
+    """The run's log file. A write that fails (a full disk) says so once, in one line, and the
+    log stops; logging's default prints a traceback for every message after."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if self.failed:
+            return
+        self.failed = True
+        exc = sys.exc_info()[1]
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(f"warning: cannot write the log '{self.baseFilename}' ({reason}); the command goes on without it", file=sys.stderr)
 
 
 def stage_header(title: str, what: str, where: Path | str) -> None:

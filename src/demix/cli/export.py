@@ -38,4 +38,5 @@ def export_cmd(
         sys.stdout.write(text)
         return
     atomic_write_text(out, text)
-    console.print(f"wrote {out} ({to}; unit: {get_exporter(to).unit})")
+    # Unwrapped and markup-free: the path is for copying.
+    console.print(f"wrote {out} ({to}; unit: {get_exporter(to).unit})", soft_wrap=True, markup=False)

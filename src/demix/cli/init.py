@@ -11,6 +11,7 @@ from demix.cli import app
 from demix.cli._common import console
 from demix.configs import commented_example
 from demix.errors import DemixError
+from demix.rundir import atomic_write_text
 
 
 @app.command("init", rich_help_panel="2. Stages, in pipeline order")
@@ -21,5 +22,5 @@ def init(
     """Write a commented example config (every key, with what it means) to PATH."""
     if path.exists() and not force:
         raise DemixError(f"'{path}' already exists", "pass --force to overwrite it, or choose another path")
-    path.write_text(commented_example())
+    atomic_write_text(path, commented_example())
     console.print(f"wrote {path}: edit the domains, then run `demix run {path}`")

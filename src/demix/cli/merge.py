@@ -89,7 +89,9 @@ def merge_command(
         Path | None,
         typer.Option("--write-mergekit-config", help="Write the mergekit YAML for this mixture and method to this file."),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing output directory (only a merged checkpoint demix wrote).")
+    ] = False,
     list_methods: Annotated[bool, typer.Option("--list-methods", help="List the merge methods and their parameters.")] = False,
     overrides: OverridesOpt = None,
     quiet: QuietOpt = False,
@@ -165,6 +167,7 @@ def _merge_mergekit_config(
         force=force,
         raw_weights=True,
         extra_provenance={"mergekit_config": str(path.resolve())},
+        protect={"the mergekit config": path},
     )
 
 
@@ -185,8 +188,8 @@ def _merge_from_config(
     """The run's base and components merged for ``mixture``: a checkpoint at ``out`` and/or the
     mergekit YAML of the same merge."""
     from demix.merging.builder import run_checkpoints
-    from demix.merging.checkpoint import parse_size
-    from demix.merging.write import write_merged
+    from demix.merging.checkpoint import check_output_dir, parse_size
+    from demix.merging.write import merge_inputs, write_merged
     from demix.mixtures import parse_mixture, validate_mixture
 
     cfg, run = open_run(config, overrides, quiet)
@@ -194,6 +197,11 @@ def _merge_from_config(
     method = method or cfg.merge.method
     params = {**cfg.merge.params, **_parse_params(param)} if method == cfg.merge.method else _parse_params(param)
     weights = validate_mixture(parse_mixture(mixture), list(comps), normalize or cfg.merge.normalize)
+    tokenizer_dir = run.tokenizer if run.tokenizer.is_dir() else None
+    # The run's own files are never an output: its directory and the config join the inputs.
+    protect = {"the run directory": run.root, "the run config": config}
+    if out is not None:  # refused before anything is written, the mergekit YAML included
+        check_output_dir(out, merge_inputs(base, comps, tokenizer_dir, protect), force)
 
     if write_mergekit_config is not None:
         from demix.merging.checkpoint import Checkpoint
@@ -208,7 +216,6 @@ def _merge_from_config(
     if out is None:
         return
     stage_header("merge", f"{method} merge of {len(comps)} components for {weights}", out)
-    tokenizer_dir = run.tokenizer if run.tokenizer.is_dir() else None
     _run(
         write_merged,
         quiet,
@@ -222,6 +229,7 @@ def _merge_from_config(
         shard_size=parse_size(shard_size or cfg.merge.shard_size),
         tokenizer_dir=tokenizer_dir,
         force=force,
+        protect=protect,
     )
 
 

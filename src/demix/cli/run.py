@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from demix.cli import app
-from demix.cli._common import ConfigArg, OverridesOpt, QuietOpt, console, open_run, setup_logging
-from demix.config import RunConfig, save_config
+from demix.cli._common import ConfigArg, OverridesOpt, QuietOpt, console, open_run, start_run
+from demix.config import RunConfig
 from demix.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -93,9 +93,6 @@ def demo_cmd(
     from demix.configs import load_preset
 
     cfg = load_preset(preset, overrides or [])
-    run = RunDir(cfg.run_dir)
-    run.root.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run.config)
-    setup_logging(run, quiet)
+    run = start_run(cfg, quiet)
     _run_and_summarise(cfg, run, quiet, device, f"demix demo --preset {preset}")
 

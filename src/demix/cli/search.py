@@ -41,7 +41,8 @@ def search_cmd(
     console.print(plan_table(result.best))
     console.print(
         f"{result.evaluations} evaluations in the store ({result.evaluated_now} new this run); wrote {result.path}\n"
-        f"export it with: demix export {run.root} --to megatron|nemo|nanotron|olmo-core|hf-datasets|mosaic|json"
+        f"export it with: demix export {run.root} --to megatron|nemo|nanotron|olmo-core|hf-datasets|mosaic|json",
+        soft_wrap=True, markup=False,  # paths and the command are for copying: never broken
     )
 
 

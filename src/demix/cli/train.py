@@ -142,6 +142,9 @@ def command(
     cfg, run = open_run(config, overrides, quiet)
     from demix.mixtures import parse_mixture
     from demix.training.command import describe, execute_plan, plan_command_runs, register_finished, write_plan
+    from demix.training.roles import check_given_checkpoints
+
+    check_given_checkpoints(cfg, run)  # before a plan is written or anything runs
 
     roles = () if no_components else ("component",)
     mixtures = [parse_mixture(m) for m in reference or []]
@@ -155,9 +158,10 @@ def command(
         return
     if register:
         done, missing = register_finished(cfg, run, plans)
+        console.quiet = quiet and not missing  # exit code 2 says why, even with --quiet
         console.print(f"registered {len(done)} checkpoint(s); {len(missing)} not finished yet: {', '.join(missing) or '-'}")
         if missing:
-            raise typer.Exit(2)
+            raise typer.Exit(2)  # not finished is not an error: scripts wait and call --register again
         return
     stage_header("train (command backend)", f"{len(plans)} run(s) of your trainer", out)
     trained = execute_plan(cfg, run, plans)

@@ -20,6 +20,7 @@ from typing import Any
 
 from demix.config import DomainConfig
 from demix.corpora.builtin import BUILTINS, BYTES_PER_TOKEN_BOUND, BuiltinCorpus, get_builtin
+from demix.corpora.decoding import Decoder
 from demix.corpora.readers import SUPPORTED_SUFFIXES, read_files, source_fingerprint
 from demix.errors import DemixError
 
@@ -28,6 +29,7 @@ __all__ = [
     "SUPPORTED_SUFFIXES",
     "BuiltinCorpus",
     "Corpus",
+    "Decoder",
     "SplitStats",
     "builtin_names",
     "heldout_score",
@@ -70,12 +72,17 @@ class Corpus:
             cap = max(cap, self.domain.max_tokens * BYTES_PER_TOKEN_BOUND)
         return cap
 
-    def documents(self) -> Iterator[str]:
-        """Every document, in deterministic order."""
+    def decoder(self) -> Decoder:
+        """A fresh decoder of the domain's files under its ``errors`` rule (it counts replacements)."""
+        return Decoder(self.domain.name, self.domain.errors)
+
+    def documents(self, decoder: Decoder | None = None) -> Iterator[str]:
+        """Every document, in deterministic order; user files go through ``decoder`` (a fresh
+        :meth:`decoder` when None)."""
         if self.builtin is not None:
             yield from self.builtin.documents(self.max_bytes)
         else:
-            yield from read_files(self.domain.source, self.domain.name, self.domain.text_field)
+            yield from read_files(self.domain.source, self.domain.name, self.domain.text_field, decoder or self.decoder())
 
     def fingerprint(self) -> dict[str, Any]:
         """What determines the documents: builtin name, cap and package versions, or file stats."""
@@ -83,12 +90,17 @@ class Corpus:
             return {"builtin": self.builtin.name, "max_bytes": self.max_bytes, "versions": self.builtin.versions()}
         return {"files": source_fingerprint(self.domain.source, self.domain.name), "text_field": self.domain.text_field}
 
-    def provenance(self) -> dict[str, Any]:
-        """Source, licence and description for provenance.json."""
+    def provenance(self, decoder: Decoder | None = None) -> dict[str, Any]:
+        """Source, licence and description for provenance.json; for user files also the
+        ``errors`` rule and, from the ``decoder`` that read them, the invalid sequences replaced."""
         out: dict[str, Any] = {"source": self.domain.source, "license": self.license, "description": self.description}
         if self.builtin is not None:
             out["origin"] = self.builtin.provenance
             out["versions"] = self.builtin.versions()
+        else:
+            out["errors"] = self.domain.errors
+            if decoder is not None:
+                out["invalid_utf8_replaced"] = {"total": decoder.total, "files": dict(decoder.replaced)}
         return out
 
 

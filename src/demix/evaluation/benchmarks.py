@@ -172,6 +172,26 @@ def resolve_capabilities(config: RunConfig, benchmarks: list[Benchmark] | None =
     return out
 
 
+def scoring_settings(config: RunConfig) -> dict[str, Any]:
+    """The evaluation settings a model's scores depend on, by config key (what each stored
+    evaluation records, so that scores made under other settings are never mixed with these).
+
+    In: the resolved benchmarks and capabilities, ``heldout_tokens``, ``task_dirs``, ``seed`` and
+    ``model.seq_len`` (the held-out window and the longest answer). Out, because they do not
+    change a score: ``evaluation.device`` and ``evaluation.batch_size`` (the same model gives the
+    same score up to float rounding on any device or batch)."""
+    ev = config.evaluation
+    benchmarks = resolve_benchmarks(config)
+    return {
+        "evaluation.benchmarks": [dict(vars(b)) for b in benchmarks],
+        "evaluation.capabilities": {c.name: c.weights for c in resolve_capabilities(config, benchmarks)},
+        "evaluation.heldout_tokens": ev.heldout_tokens,
+        "evaluation.task_dirs": list(ev.task_dirs),
+        "evaluation.seed": ev.seed,
+        "model.seq_len": config.model.seq_len,
+    }
+
+
 def sign_correct(value: float, higher_is_better: bool) -> float:
     """The benchmark's score: its value, negated when lower is better."""
     return float(value) if higher_is_better else -float(value)

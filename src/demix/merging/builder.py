@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from demix.checkpoints import base_dir, component_dirs, resolve_device
+from demix.checkpoints import base_dir, check_loadable, component_dirs, resolve_device
 from demix.errors import DemixError
 from demix.merging.checkpoint import parse_dtype
 from demix.merging.components import ComponentSet
@@ -34,7 +34,12 @@ log = logging.getLogger("demix.merging")
 def run_checkpoints(config: RunConfig, run: RunDir) -> tuple[Path, dict[str, Path]]:
     """The base and the component directories of a run (:func:`demix.checkpoints.base_dir`,
     :func:`~demix.checkpoints.component_dirs`), checked to exist: a DemixError names the
-    missing ones and how to make them."""
+    missing ones and how to make them. The given ones (``model.base_path``,
+    ``train.components.paths``) are checked first, as every verb does
+    (:func:`demix.training.roles.check_given_checkpoints`)."""
+    from demix.training.roles import check_given_checkpoints
+
+    check_given_checkpoints(config, run)
     base = base_dir(config, run)
     comps = component_dirs(config, run)
     missing = [d for d, p in comps.items() if not p.is_dir()]
@@ -79,6 +84,7 @@ class ProxyBuilder:
         self.mixture: dict[str, float] | None = None
         want = parse_dtype(dtype)
 
+        check_loadable(components.base_dir, trust_remote_code, "base")  # custom code: name the setting, run nothing
         model = AutoModelForCausalLM.from_pretrained(
             components.base_dir,
             dtype=want if want is not None else "auto",
@@ -135,6 +141,7 @@ class ProxyBuilder:
         method, params, dtype and normalisation from ``config.merge`` (``method``/``params``
         override them), device from ``device`` or ``config.evaluation.device``."""
         base, comps = run_checkpoints(config, run)
+        check_loadable(base, config.model.trust_remote_code, "base")  # before K + 1 checkpoints are read
         dev = torch.device(resolve_device(str(device) if device is not None else config.evaluation.device, "evaluation.device"))
         components = ComponentSet.load(base, comps, device=dev)
         return cls(

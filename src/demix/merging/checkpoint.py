@@ -12,18 +12,20 @@ headers), so each tensor's bytes are appended as soon as it is merged and never 
 others. The safetensors library only writes whole dicts of tensors, which would hold a shard in
 memory; the format itself is a little-endian u64 header length, a JSON header and the raw bytes
 (https://github.com/huggingface/safetensors#format), so the writer here is a few lines. Files
-are written into a staging directory that replaces the output only when complete.
+are written into a staging directory that replaces the output only when complete, and only an
+output that is none of the merge's inputs and, when it exists, a merged checkpoint demix wrote.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -31,7 +33,7 @@ from typing import Any, BinaryIO
 import torch
 from safetensors import SafetensorError, safe_open
 
-from demix.checkpoints import INDEX_FILE, SINGLE_FILE, Layout
+from demix.checkpoints import INDEX_FILE, PROVENANCE_FILE, SINGLE_FILE, Layout, is_finished, read_provenance
 from demix.errors import DemixError
 from demix.rundir import atomic_write_text, write_json
 
@@ -263,26 +265,101 @@ class ShardedWriter:
             self._fh = None
 
 
+def check_output_dir(target: str | Path, inputs: Mapping[str, str | Path], force: bool = False) -> None:
+    """Refuse an output directory a merge must not write: one that is, contains or lies inside
+    one of its ``inputs`` (``{what: path}``: the base, each component, the tokenizer, the run
+    directory); an existing one that is not empty, unless ``force``; and, even with ``force``,
+    anything but a merged checkpoint demix wrote (a user's directory, a trained model)."""
+    target = Path(target)
+    out = target.resolve()
+    resolved = {what: Path(path).resolve() for what, path in inputs.items()}
+    # An input the output *is* names the problem best (`--out RUN` is the run directory, though it contains the base too).
+    clash = [(w, "is") for w, p in resolved.items() if p == out] + [
+        (w, "contains" if p.is_relative_to(out) else "is inside")
+        for w, p in resolved.items()
+        if p != out and (p.is_relative_to(out) or out.is_relative_to(p))
+    ]
+    if clash:
+        what, relation = clash[0]
+        raise DemixError(
+            f"output directory '{target}' {relation} {what} ('{inputs[what]}'), which this merge reads",
+            "choose an --out outside the merge's inputs and the run directory",
+        )
+    if not target.exists() and not target.is_symlink():
+        return
+    if not target.is_dir():
+        raise DemixError(
+            f"output '{target}' exists and is not a directory", "choose another --out: demix replaces only a merged checkpoint it wrote"
+        )
+    if not any(target.iterdir()):
+        return
+    why = _not_a_merge_output(target)
+    if why:
+        raise DemixError(
+            f"output directory '{target}' is not a merged checkpoint written by demix ({why}): --force replaces only those",
+            "choose another --out; if nothing in that directory is needed, remove it yourself",
+        )
+    if not force:
+        raise DemixError(
+            f"output directory '{target}' already exists (a merged checkpoint)", "pass --force to replace it, or choose another --out"
+        )
+
+
+def _not_a_merge_output(path: Path) -> str | None:
+    """Why ``path`` is not a merged checkpoint demix wrote (None when it is one)."""
+    if not is_finished(path):
+        return f"it has no {PROVENANCE_FILE}"
+    try:
+        role = read_provenance(path).role
+    except DemixError:
+        return f"its {PROVENANCE_FILE} is not a demix provenance record"
+    return None if role == "merged" else f"its {PROVENANCE_FILE} has role '{role}'"
+
+
+def output_error(exc: OSError, target: Path, nbytes: int | None = None) -> DemixError:
+    """An OS error while writing the merged checkpoint ``target`` (disk full, read-only file
+    system, no permission) as the one error that names the place and the fix."""
+    if exc.errno == errno.ENOSPC:
+        need = f" (it needs about {nbytes / 1e6:.1f} MB)" if nbytes else ""
+        return DemixError(
+            f"no space left on the file system of '{target.parent}' while writing the merged checkpoint '{target}'{need}; "
+            f"nothing was left at '{target}' and what was there before is unchanged",
+            "free space there, or choose an --out on a disk with room",
+        )
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return DemixError(f"cannot write the merged checkpoint '{target}': {exc.strerror}{where}", "choose an --out you can write to")
+    return DemixError(
+        f"writing the merged checkpoint '{target}' failed: {exc.strerror or exc}{where}", "check the --out path and its disk; run again"
+    )
+
+
 class StagedDir:
     """A directory that appears at ``target`` only when complete (crash-safe output).
 
-    Everything is written to a hidden sibling; :meth:`commit` swaps it in. An existing target
-    is an error unless ``force``.
+    Everything is written to a hidden sibling; :meth:`commit` swaps it in. The target is
+    checked first (:func:`check_output_dir`): never one of ``inputs``, and an existing one is
+    replaced only with ``force`` and only when it is a merged checkpoint demix wrote.
     """
 
-    def __init__(self, target: str | Path, force: bool = False) -> None:
+    def __init__(self, target: str | Path, force: bool = False, inputs: Mapping[str, str | Path] | None = None) -> None:
         self.target = Path(target)
-        if self.target.exists() and not (self.target.is_dir() and not any(self.target.iterdir())):
-            if not force:
-                raise DemixError(f"output directory '{self.target}' already exists", "pass --force to replace it, or choose another --out")
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(dir=self.target.parent, prefix=f".{self.target.name}.partial-"))
+        check_output_dir(self.target, inputs or {}, force)
+        try:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self.path = Path(tempfile.mkdtemp(dir=self.target.parent, prefix=f".{self.target.name}.partial-"))
+        except OSError as exc:
+            raise output_error(exc, self.target) from None
 
     def commit(self) -> Path:
         if self.target.exists():
             old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
             os.replace(self.target, old)
-            os.replace(self.path, self.target)
+            try:
+                os.replace(self.path, self.target)
+            except BaseException:
+                os.replace(old, self.target)  # the previous output goes back in place
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(self.path, self.target)

@@ -91,12 +91,24 @@ def to_mergekit_config(
     return cfg
 
 
+MERGEKIT_HEADER = "# A mergekit config written by `demix merge --write-mergekit-config`.\n"
+"""First line of the YAML demix writes: an existing file is replaced only when it carries it."""
+
+
 def write_mergekit_config(path: str | Path, *args: Any, **kwargs: Any) -> Path:
-    """Write :func:`to_mergekit_config` as YAML to ``path``."""
+    """Write :func:`to_mergekit_config` as YAML to ``path``. A file already there is replaced
+    only when demix wrote it (its first line is :data:`MERGEKIT_HEADER`): it may be the user's."""
     from demix.rundir import atomic_write_text
 
     path = Path(path)
-    atomic_write_text(path, yaml.safe_dump(to_mergekit_config(*args, **kwargs), sort_keys=False))
+    if path.is_dir():
+        raise DemixError(f"--write-mergekit-config '{path}' is a directory", "give the path of a .yml file to write")
+    if path.exists() and not path.read_text(errors="replace").startswith(MERGEKIT_HEADER):
+        raise DemixError(
+            f"'{path}' exists and is not a mergekit config demix wrote; it is left as it is",
+            "give a new file name for --write-mergekit-config (or remove the file yourself)",
+        )
+    atomic_write_text(path, MERGEKIT_HEADER + yaml.safe_dump(to_mergekit_config(*args, **kwargs), sort_keys=False))
     return path
 
 

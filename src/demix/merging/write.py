@@ -10,6 +10,7 @@ It appears only when complete.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -25,7 +26,9 @@ from demix.merging.checkpoint import (
     ShardedWriter,
     StagedDir,
     check_finite,
+    check_output_dir,
     copy_side_files,
+    output_error,
     parse_dtype,
     parse_size,
     write_config,
@@ -109,6 +112,19 @@ def _copy_side_files(base: Checkpoint, dst: Path, tokenizer_dir: str | Path | No
         copy_side_files(base.path, dst, TOKENIZER_FILES)
 
 
+def merge_inputs(
+    base_dir: str | Path,
+    components: Mapping[str, str | Path],
+    tokenizer_dir: str | Path | None,
+    protect: Mapping[str, str | Path] | None,
+) -> dict[str, str | Path]:
+    """Every path a merge reads (or must leave alone), named for errors: the most specific first."""
+    inputs: dict[str, str | Path] = {"the base": base_dir, **{f"component '{d}'": p for d, p in components.items()}}
+    if tokenizer_dir is not None:
+        inputs["the tokenizer directory"] = tokenizer_dir
+    return {**inputs, **(protect or {})}
+
+
 def write_merged(
     base_dir: str | Path,
     components: Mapping[str, str | Path],
@@ -124,6 +140,7 @@ def write_merged(
     raw_weights: bool = False,
     progress: Callable[[int, int], None] | None = None,
     extra_provenance: Mapping[str, Any] | None = None,
+    protect: Mapping[str, str | Path] | None = None,
 ) -> Path:
     """Merge ``components`` (``{domain: dir}``) on ``base_dir`` for ``mixture`` into ``out_dir``.
 
@@ -131,7 +148,14 @@ def write_merged(
     1) unless ``raw_weights``, which passes weights as given (mergekit configs, where the
     method's own ``normalize`` decides). ``progress(done_bytes, total_bytes)`` is called after
     each tensor. Returns ``out_dir``.
+
+    ``out_dir`` may not be, contain or lie inside an input (the base, a component, the
+    tokenizer, or a path of ``protect``: ``{what: path}``, e.g. the run directory); ``force``
+    replaces only a merged checkpoint demix wrote. A failure (a full disk included) leaves
+    nothing at ``out_dir`` and what was there before untouched.
     """
+    inputs = merge_inputs(base_dir, components, tokenizer_dir, protect)
+    check_output_dir(out_dir, inputs, force)  # before any input is read
     merge = get_method(method, dict(params or {}))
     base = Checkpoint.open(base_dir, "base")
     comps = {d: Checkpoint.open(p, f"component '{d}'") for d, p in components.items()}
@@ -147,7 +171,7 @@ def write_merged(
     plan = _output_plan(base, comps, out_dtype)
     total = sum(base.tensors[n].nbytes for n, _, _ in plan)
 
-    staged = StagedDir(out_dir, force=force)
+    staged = StagedDir(out_dir, force=force, inputs=inputs)
     t0 = time.perf_counter()
     try:
         writer = ShardedWriter(staged.path, plan, parse_size(shard_size))
@@ -180,6 +204,9 @@ def write_merged(
         )
         provenance.write(staged.path)  # written last: the directory is a finished model
         result = staged.commit()
+    except OSError as exc:  # a full disk, a read-only file system: the staging goes, the target stays
+        staged.abort()
+        raise output_error(exc, Path(out_dir), sum(math.prod(s) * d.itemsize for _, s, d in plan)) from None
     except BaseException:
         staged.abort()
         raise

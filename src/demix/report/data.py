@@ -190,6 +190,8 @@ def _stage_times(run: RunDir) -> list[StageTime]:
 
 def load_run(run: RunDir, config: RunConfig | None = None) -> RunData:
     """Read what the report needs; a clear error when the run has no search result yet."""
+    if run.root.exists() and not run.root.is_dir():
+        raise DemixError(f"'{run.root}' is a file, not a run directory", "pass the output_dir of a run (e.g. runs/demo)")
     if not run.root.is_dir():
         raise DemixError(f"run directory '{run.root}' does not exist", "pass the output_dir of a run (e.g. runs/demo)")
     if config is None:

@@ -31,6 +31,7 @@ def best_mixture(
     documents: Mapping[str, int] | None,
     rounds: Sequence[RoundSummary],
     components: str | None,
+    settings: str | None = None,
 ) -> BestMixture:
     """The record of the last round's selection: weights, budget, predictions, baselines."""
     s = config.search
@@ -62,6 +63,8 @@ def best_mixture(
     best.mixture_key = mixture_key(weights)
     # So `demix run` can tell a search of retrained components from a finished one.
     best.components = components
+    # ... and one scored under other evaluation or merge settings (demix.search.settings).
+    best.settings = settings
     return best
 
 
@@ -95,9 +98,11 @@ def _cell(value: float | None, digits: int) -> str:
 def search_is_complete(config: RunConfig, run: RunDir) -> bool:
     """True when ``best_mixture.json`` exists and was produced by this config's search plan
     (same domains, rounds, pool size, top-k and objective) on the current base and components
-    (same :func:`~demix.checkpoints.components_fingerprint`; files written before the fingerprint
-    was recorded pass)."""
+    (same :func:`~demix.checkpoints.components_fingerprint`) with the same scoring settings (same
+    :class:`~demix.search.settings.ScoringSettings` fingerprint); files written before a
+    fingerprint was recorded pass."""
     from demix.checkpoints import components_fingerprint
+    from demix.search.settings import ScoringSettings
 
     if not run.best_mixture.is_file():
         return False
@@ -117,4 +122,5 @@ def search_is_complete(config: RunConfig, run: RunDir) -> bool:
         and best.objective.constraints == list(s.constraints)
         and best.objective.capability_weights == dict(s.capability_weights)
         and best.components in (None, components_fingerprint(config, run))
+        and best.settings in (None, ScoringSettings.of(config).fingerprint)
     )

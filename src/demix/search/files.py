@@ -221,6 +221,9 @@ class BestMixture:
     mixture_key: str | None = None
     components: str | None = None
     """Fingerprint of the base and components the proxies were merged from (None: none on disk)."""
+    settings: str | None = None
+    """Fingerprint of the evaluation and merge settings the proxies were scored with
+    (:class:`demix.search.settings.ScoringSettings`; None in files written before it was recorded)."""
 
     @property
     def domains(self) -> list[str]:
@@ -247,6 +250,8 @@ class BestMixture:
         out.update({k: v for k, v in parts.items() if v is not None})
         if searched or self.components is not None:
             out["components"] = self.components
+        if self.settings is not None:
+            out["settings"] = self.settings
         return out
 
     @classmethod
@@ -271,6 +276,7 @@ class BestMixture:
             rounds=[RoundSummary.from_dict(r) for r in d.get("rounds") or []],
             mixture_key=d.get("mixture_key"),
             components=d.get("components"),
+            settings=d.get("settings"),
         )
 
     def write(self, path: str | Path) -> None:

@@ -55,6 +55,12 @@ class Fit:
         self.benchmarks.save(files.predictors / "benchmarks")
         self.cv.write(files.cv)
 
+    @classmethod
+    def read(cls, files: RoundFiles) -> Fit:
+        """The fit a finished round wrote (:meth:`write`); a DemixError naming the file when unreadable."""
+        return cls(Predictors.load(files.predictors / "capabilities"), Predictors.load(files.predictors / "benchmarks"),
+                   CvReport.read(files.cv))
+
 
 def training_data(
     evaluations: Sequence[Evaluation], domains: Sequence[str], higher_is_better: Mapping[str, bool]

@@ -3,20 +3,22 @@ pool, pick the mean of the top-k, and repeat in the predicted top region.
 
 Round r (sizes in ``search.rounds``):
 
-1. *Plan*: round 0 samples the (bounded) simplex around the prior; round r > 0 draws from the
-   top region (the best ``search.region_size`` candidates, default top_k) of the pool ranked
-   after round r - 1. The plan is drawn from the seed alone (no clock, no state) and written to
-   ``round_<r>/planned.json`` before the first evaluation, so a resumed search evaluates the
-   same mixtures.
+1. *Plan* (:mod:`~demix.search.planning`): round 0 samples the (bounded) simplex around the
+   prior; round r > 0 draws from the top region of the pool ranked after round r - 1. The plan
+   is drawn from the seed alone (no clock, no state) and written to ``round_<r>/planned.json``
+   before the first evaluation, so a resumed search evaluates the same mixtures.
 2. *Evaluate*: every planned mixture not already in the store is scored and committed to the
-   store before the next one starts.
-3. *Fit*: predictors for every capability and benchmark on all evaluations so far, with a
-   k-fold CV report (``cv.json``) and the fit itself (``predictors/``).
+   store before the next one starts, with what it was scored with (:mod:`~demix.search.settings`).
+3. *Fit*: predictors for every capability and benchmark on the evaluations of the mixtures
+   planned in rounds 0..r, with a k-fold CV report (``cv.json``) and the fit itself (``predictors/``).
 4. *Rank*: a fresh pool of ``search.pool_size`` candidates, predicted capabilities, constraints,
-   objective; top-k mean and spread (``selection.json``), the pool (``pool.npz``) and the Pareto
-   front across capabilities among the best-ranked candidates (``pareto.csv``).
+   objective; top-k mean and spread (``selection.json``, written last), the pool (``pool.npz``)
+   and the Pareto front across capabilities among the best-ranked candidates (``pareto.csv``).
 
-The selection after the last round is written to ``best_mixture.json``.
+A finished round's files are final: a resumed search reads its fit and ranking back from them
+(the next round is planned from that ranking) and never fits or writes them again, unless they
+record other search, scoring or component settings. The selection after the last round is
+written to ``best_mixture.json``.
 """
 
 from __future__ import annotations
@@ -33,15 +35,17 @@ from demix import proxy_kind as kinds
 from demix.config import RunConfig
 from demix.errors import DemixError
 from demix.executors.base import Executor, LocalExecutor, evaluate_planned
-from demix.mixtures import mixture_key, prior_weights, rows_to_mixtures
+from demix.mixtures import mixture_key, prior_weights
 from demix.objectives import capability_weights, parse_constraints
 from demix.rundir import RoundFiles, RunDir, read_document_counts
 from demix.sampling import Bounds, resolve_bounds, sample_mixtures
 from demix.search.best import best_mixture
 from demix.search.files import BestMixture, RoundSummary
 from demix.search.fitting import Fit, fit_all, resolve_directions
+from demix.search.planning import Planner, rng_for
 from demix.search.ranking import Ranking, rank_pool
-from demix.search.round_files import RoundPlan
+from demix.search.round_files import Selection
+from demix.search.settings import ScoringSettings, ranking_fingerprint
 from demix.store import Evaluation, Store
 
 log = logging.getLogger("demix.search")
@@ -112,11 +116,6 @@ def _result_parts(result: Any) -> tuple[dict[str, float], dict[str, float], dict
     return dict(benchmarks), dict(capabilities), dict(hib) if isinstance(hib, Mapping) else None
 
 
-def _rng(seed: int, *stream: int) -> np.random.Generator:
-    """Independent deterministic streams per (round, purpose): resumes redraw the same values."""
-    return np.random.default_rng([seed, *stream])
-
-
 def _check_components_unchanged(evaluations: Sequence[Evaluation], fingerprint: str | None, store_name: str) -> None:
     stale = [e for e in evaluations if e.provenance.get("components") not in (None, fingerprint)]
     if fingerprint is not None and stale:
@@ -143,8 +142,9 @@ def _sampling_space(config: RunConfig, token_counts: Mapping[str, float] | None)
 
 
 class _Rounds:
-    """The state one search carries from round to round: where it samples, what it evaluated,
-    the last fit and ranking."""
+    """The state one search carries from round to round: what it planned and evaluated, the
+    last fit and ranking. A round whose files are complete and record this search's settings is
+    final: it is read back, never fitted or written again."""
 
     def __init__(
         self, config: RunConfig, store: Store, executor: Executor, proxy_kind: str,
@@ -155,60 +155,52 @@ class _Rounds:
         self.proxy_kind, self.token_counts, self.fingerprint, self.on_event = proxy_kind, token_counts, fingerprint, on_event
         self.domains = config.data.domain_names
         self.bounds, self.prior = space
+        self.planner = Planner(config, *space)
+        self.scoring = ScoringSettings.of(config)
+        self.settings: dict[str, str | None] = {
+            "search": ranking_fingerprint(config, token_counts), "scoring": self.scoring.fingerprint, "components": fingerprint,
+        }
         self.ranking: Ranking | None = None
         self.fit: Fit | None = None
+        self.planned_keys: list[str] = []
+        """Every planned mixture so far, rounds in order: what each round's fit is made on."""
         self.evaluated_now = 0
         self.summaries: list[RoundSummary] = []
 
-    def plan(self, r: int, n: int, files: RoundFiles, done: set[str]) -> list[dict[str, float]]:
-        """The round's mixtures: from ``planned.json`` when a killed search wrote it, else drawn now."""
-        if files.planned.is_file():
-            plan = RoundPlan.read(files.planned)
-            if plan.size != n:
-                raise DemixError(
-                    f"round {r} was planned with {plan.size} proxies, search.rounds now asks for {n}",
-                    "restore search.rounds, or start a new output_dir",
-                )
-            if plan.domains != list(self.domains):
-                raise DemixError(f"round {r} was planned for domains {plan.domains}", "use a new output_dir for new domains")
-            return plan.mixtures
-        plan = RoundPlan(r, n, list(self.domains), rows_to_mixtures(self.domains, self._draw(r, n, done)))
-        plan.write(files.planned)
-        return plan.mixtures
+    def run(self, r: int, n: int, files: RoundFiles, higher_is_better: Mapping[str, bool] | None) -> None:
+        """Plan, evaluate, then read the round's files back when it is finished, else fit and rank."""
+        done = self.store.done_keys(self.proxy_kind)
+        planned = self.planner.plan(r, n, files, self.ranking, done, lambda: self.store.evaluations_done(self.proxy_kind))
+        seen = set(self.planned_keys)
+        self.planned_keys += [k for k in map(mixture_key, planned) if k not in seen]
+        todo = sum(mixture_key(m) not in done for m in planned)
+        self.on_event(SearchEvent(ROUND_STARTED, r, planned=len(planned), done=len(planned) - todo))
+        log.info("round %d: %d planned, %d to evaluate", r, len(planned), todo)
+        self.evaluate(r, planned)
+        if not self.read_finished(r, len(planned), files):
+            self.fit_and_rank(r, len(planned), files, higher_is_better)
 
-    def _draw(self, r: int, n: int, done: set[str]) -> np.ndarray:
-        s = self.config.search
-        rng = _rng(s.seed, r, 0)
-        previous = self.ranking
-        if r == 0 or previous is None:
-            return sample_mixtures(self.domains, n, self.prior, s.sampler, self.bounds, rng)
-        region = previous.order[: max(s.region_size or s.top_k, n)]
-        region = np.array(
-            [i for i in region if mixture_key(dict(zip(self.domains, previous.weights[i]))) not in done], dtype=int
-        )
-        if region.size == 0:
-            return np.zeros((0, len(self.domains)))
-        pick = rng.choice(region, size=min(n, region.size), replace=False)
-        return previous.weights[np.sort(pick)]
+    def provenance(self, r: int | None, i: int | None) -> dict[str, Any]:
+        """What a merged evaluation records besides its scores."""
+        return {
+            "round": r,
+            "plan_index": i,
+            "seed": self.config.search.seed,
+            "merge_method": self.config.merge.method,
+            "source": "demix search",
+            "components": self.fingerprint,
+            **self.scoring.provenance(),
+        }
+
+    def _directions(self, bench: Mapping[str, float], hib: Mapping[str, bool] | None) -> Mapping[str, bool | None]:
+        return hib or {b.name: b.higher_is_better for b in self.config.evaluation.benchmarks if b.name in bench}
 
     def evaluate(self, r: int, planned: list[dict[str, float]]) -> None:
         """Score the planned mixtures the store lacks, committing each result as it arrives."""
-        config, s = self.config, self.config.search
 
         def commit(i: int, m: dict[str, float], result: Any) -> bool:
             bench, caps, hib = _result_parts(result)
-            directions: Mapping[str, bool | None] = hib or {
-                b.name: b.higher_is_better for b in config.evaluation.benchmarks if b.name in bench
-            }
-            provenance = {
-                "round": r,
-                "plan_index": i,
-                "seed": s.seed,
-                "merge_method": config.merge.method,
-                "source": "demix search",
-                "components": self.fingerprint,
-                "higher_is_better": directions,
-            }
+            provenance = {**self.provenance(r, i), "higher_is_better": self._directions(bench, hib)}
             stored = self.store.complete(m, bench, caps, self.proxy_kind, provenance)
             self.on_event(SearchEvent(PROXY_EVALUATED, r, mixture=m))
             return stored
@@ -217,23 +209,59 @@ class _Rounds:
         # returns once every planned mixture is done (by this driver or another).
         self.evaluated_now += evaluate_planned(
             self.executor, self.store, planned, commit, round=r, proxy_kind=self.proxy_kind,
-            wait_seconds=config.store.wait_seconds,
+            wait_seconds=self.config.store.wait_seconds,
         )
 
+    def rescore(self, stale: Sequence[Evaluation]) -> None:
+        """Evaluate the stored mixtures of ``stale`` again under this config's settings and
+        replace their scores in place (round and plan index kept); the rounds fitted on them
+        are then fitted again, since their files record the old scoring settings."""
+        log.info("re-scoring %d stored evaluation(s) under the new settings", len(stale))
+        rows = {e.mixture_key: e for e in stale}
+
+        def replace(_: int, m: dict[str, float], result: Any) -> None:
+            bench, caps, hib = _result_parts(result)
+            old = rows[mixture_key(m)].provenance
+            provenance = {**old, **self.provenance(old.get("round"), old.get("plan_index")),
+                          "higher_is_better": self._directions(bench, hib)}
+            if self.store.replace(m, bench, caps, self.proxy_kind, provenance):
+                self.evaluated_now += 1
+
+        items = ((i, {d: float(e.weights.get(d, 0.0)) for d in self.domains}) for i, e in enumerate(stale))
+        self.executor.evaluate(items, replace)
+
+    def read_finished(self, r: int, planned: int, files: RoundFiles) -> bool:
+        """Read a finished round's fit and ranking back from its files; False (the round is then
+        fitted and ranked) when they are incomplete, unreadable or made under other settings."""
+        if not all(p.exists() for p in (files.selection, files.cv, files.pool, files.pareto)):
+            return False
+        try:
+            selection = Selection.read(files.selection)
+            if selection.settings != self.settings:
+                log.info("round %d: its files record other search settings; fitting and ranking it again", r)
+                return False
+            fit, ranking = Fit.read(files), Ranking.read(files, self.domains, selection)
+        except Exception as exc:  # any unreadable file (LightGBM's own errors included): fitting again is safe
+            log.warning("round %d: its files cannot be read back (%s); fitting and ranking it again", r, exc)
+            return False
+        self.fit, self.ranking = fit, ranking
+        self.summaries.append(RoundSummary(r, planned, fit.n, selection.weights))
+        self.on_event(SearchEvent(ROUND_RANKED, r, ranking=ranking, evaluations=fit.n))
+        return True
+
     def fit_and_rank(self, r: int, planned: int, files: RoundFiles, higher_is_better: Mapping[str, bool] | None) -> None:
-        """Fit on every evaluation so far, rank a fresh pool, write the round's files."""
+        """Fit on the evaluations of the rounds so far, rank a fresh pool, write the round's files."""
         s = self.config.search
-        # Completion order depends on workers and drivers; the fit must not.
-        evaluations = sorted(
-            self.store.evaluations_done(self.proxy_kind),
-            key=lambda e: (e.round if e.round is not None else -1, e.provenance.get("plan_index", -1), e.mixture_key),
-        )
+        # The mixtures planned so far, in plan order: the fit depends neither on completion order
+        # (workers, drivers) nor on rows stored since (later rounds, other stages).
+        stored = {e.mixture_key: e for e in self.store.evaluations_done(self.proxy_kind)}
+        evaluations = [stored[k] for k in self.planned_keys if k in stored]
         directions = resolve_directions(evaluations, self.config, higher_is_better)
         self.fit = fit_all(evaluations, self.domains, directions, s.predictor, s.cv_folds, s.seed)
         self.fit.write(files)
-        pool = sample_mixtures(self.domains, s.pool_size, self.prior, s.sampler, self.bounds, _rng(s.seed, r, 1))
+        pool = sample_mixtures(self.domains, s.pool_size, self.prior, s.sampler, self.bounds, rng_for(s.seed, r, 1))
         self.ranking = rank_pool(pool, self.fit, self.config, self.token_counts)
-        selection = self.ranking.write(files, self.domains, self.fit.n)
+        selection = self.ranking.write(files, self.domains, self.fit.n, self.settings)
         self.summaries.append(RoundSummary(r, planned, self.fit.n, selection.weights))
         self.on_event(SearchEvent(ROUND_RANKED, r, ranking=self.ranking, evaluations=self.fit.n))
 
@@ -248,6 +276,7 @@ def run_search(
     proxy_kind: str = kinds.MERGED,
     executor: Executor | None = None,
     on_event: OnEvent | None = None,
+    rescore: bool = False,
 ) -> SearchResult:
     """Run (or resume) the search rounds of ``config.search`` and write ``best_mixture.json``.
 
@@ -258,6 +287,11 @@ def run_search(
     file) before the next call; mixtures already in the store are never scored again.
     ``on_event`` hears of each round, evaluation and ranking (see :class:`SearchEvent`).
     :func:`search` builds the run's executor and calls this.
+
+    Stored evaluations scored under other settings (:class:`~demix.search.settings.ScoringSettings`:
+    ``evaluation.*``, ``merge.*``) are refused with an error naming what changed; with
+    ``rescore`` they are evaluated again under this config's settings and replaced in place.
+    Finished rounds are read back from their files, never fitted or written again.
     """
     from demix.checkpoints import components_fingerprint
 
@@ -277,21 +311,22 @@ def run_search(
         )
         # Never print a server URL: it may hold a password.
         store_name = "of store.url" if config.store.url else str(run.store_file)
-        _check_components_unchanged(store.evaluations_done(proxy_kind), fingerprint, store_name)
+        stored = store.evaluations_done(proxy_kind)
+        _check_components_unchanged(stored, fingerprint, store_name)
+        # Before anything is written: scores of other settings are never fitted with these.
+        stale = rounds.scoring.stale(stored)
+        if stale and not rescore:
+            raise rounds.scoring.refuse(stale, store_name)
         released = store.release_pending(proxy_kind)
         if released:
             log.info("released %d unfinished evaluation(s) of a killed search", released)
+        if stale:
+            rounds.rescore(stale)
         for r, n in enumerate(s.rounds):
-            files = run.round_files(r)
-            done = store.done_keys(proxy_kind)
-            planned = rounds.plan(r, n, files, done)
-            todo = sum(mixture_key(m) not in done for m in planned)
-            rounds.on_event(SearchEvent(ROUND_STARTED, r, planned=len(planned), done=len(planned) - todo))
-            log.info("round %d: %d planned, %d to evaluate", r, len(planned), todo)
-            rounds.evaluate(r, planned)
-            rounds.fit_and_rank(r, len(planned), files, higher_is_better)
+            rounds.run(r, n, run.round_files(r), higher_is_better)
         assert rounds.ranking is not None and rounds.fit is not None
-        best = best_mixture(config, rounds.ranking, rounds.fit, token_counts, documents, rounds.summaries, fingerprint)
+        best = best_mixture(config, rounds.ranking, rounds.fit, token_counts, documents, rounds.summaries, fingerprint,
+                            rounds.scoring.fingerprint)
         best.write(run.best_mixture)
     finally:
         if own_store:
@@ -306,17 +341,20 @@ def search(
     device: str | None = None,
     on_event: OnEvent | None = None,
     store: Store | None = None,
+    rescore: bool = False,
 ) -> SearchResult:
     """Run (or resume) the search of a run directory where ``executor.kind`` says: the merged
     proxies of the run's base and components, scored by its evaluation. What ``demix search``
-    and ``demix run`` call. ``device`` overrides ``evaluation.device`` (``executor.device`` on Ray)."""
+    and ``demix run`` call. ``device`` overrides ``evaluation.device`` (``executor.device`` on Ray);
+    ``rescore``: see :func:`run_search`."""
     from demix.executors import make_executor
     from demix.rundir import read_token_counts
 
     # Before any worker starts: a run that is not prepared fails here, naming the fix.
     token_counts = read_token_counts(run, config.data.domain_names)
     with make_executor(config, run, device=device) as executor:
-        result = run_search(config, run, None, token_counts, store=store, executor=executor, on_event=on_event)
+        result = run_search(config, run, None, token_counts, store=store, executor=executor, on_event=on_event,
+                            rescore=rescore)
         seconds = executor.setup_seconds
     result.setup_seconds = None if seconds is None else round(seconds, 2)
     return result

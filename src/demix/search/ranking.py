@@ -14,6 +14,7 @@ from demix.mixtures import prior_weights
 from demix.objectives import feasible, objective_values, pareto_front, parse_constraints, select_top_k
 from demix.rundir import RoundFiles
 from demix.search.fitting import Fit
+from demix.search.files import RERUN
 from demix.search.round_files import CandidatePool, ParetoFront, Selection
 
 PARETO_CANDIDATES = 5000
@@ -41,7 +42,8 @@ class Ranking:
     """std, min and max of the top-k weights, (K,) each."""
     baselines: dict[str, dict[str, float]]
     """Baseline mixtures (natural, uniform): predicted capabilities and ``weight.<domain>``,
-    what constraints such as ``math >= natural`` compare with."""
+    what constraints such as ``math >= natural`` compare with (empty in a ranking read back
+    from its files: only ranking the pool needs them)."""
 
     def pareto(self) -> np.ndarray:
         """Indices of the Pareto front among the best :data:`PARETO_CANDIDATES` candidates."""
@@ -53,8 +55,11 @@ class Ranking:
         front = pareto_front(self.capability_scores[head]) if head.size else np.zeros(0, dtype=int)
         return head[front]
 
-    def write(self, files: RoundFiles, domains: Sequence[str], evaluations: int) -> Selection:
-        """The round's ``pool.npz``, ``pareto.csv`` and ``selection.json``; returns the selection."""
+    def write(
+        self, files: RoundFiles, domains: Sequence[str], evaluations: int, settings: dict[str, str | None] | None = None
+    ) -> Selection:
+        """The round's ``pool.npz``, ``pareto.csv`` and ``selection.json`` (last, recording
+        ``settings``: the round is finished once it exists); returns the selection."""
         CandidatePool(list(domains), self.capabilities, self.weights, self.capability_scores, self.objective,
                       self.top_k).write(files.pool)
         idx = self.pareto()
@@ -69,9 +74,24 @@ class Ranking:
             pareto_size=int(idx.size),
             pareto_over=int(min(self.order.size, PARETO_CANDIDATES)),
             evaluations=evaluations,
+            settings=settings,
         )
         selection.write(files.selection)
         return selection
+
+    @classmethod
+    def read(cls, files: RoundFiles, domains: Sequence[str], selection: Selection) -> Ranking:
+        """The ranking a finished round wrote: the pool from ``pool.npz``, the chosen mixture and
+        its spread from ``selection.json`` (the same floats, so what follows from it is the same)."""
+        pool = CandidatePool.read(files.pool)
+        if pool.domains != list(domains) or set(selection.weights) != set(domains):
+            raise DemixError(f"'{files.pool}' ranks mixtures over {pool.domains}, not {list(domains)}", RERUN)
+        feasible_idx = np.flatnonzero(np.isfinite(pool.objective))
+        order = feasible_idx[np.argsort(-pool.objective[feasible_idx], kind="stable")]
+        mean = np.array([selection.weights[d] for d in domains])
+        spread = {k: np.array([selection.spread[d][k] for d in domains]) for k in ("std", "min", "max")}
+        return cls(pool.weights, pool.capability_scores, pool.capabilities, pool.objective, order, pool.top_k, mean,
+                   spread, {})
 
 
 def baseline_mixtures(domains: Sequence[str], token_counts: Mapping[str, float] | None) -> dict[str, np.ndarray]:

@@ -129,15 +129,23 @@ class Selection:
     pareto_over: int
     """Best-ranked candidates the Pareto front was computed over."""
     evaluations: int
+    settings: dict[str, str | None] | None = None
+    """Fingerprints of what the round's fit and ranking were made with (``search``, ``scoring``,
+    ``components``: :mod:`demix.search.settings`); None in files written before they were recorded.
+    The round's files are final for these settings: a resumed search reads them back."""
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
+        out = dict(vars(self))
+        return out if self.settings is not None else {k: v for k, v in out.items() if k != "settings"}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Selection:
         spread = {dom: json_numbers(s, f"spread.{dom}") for dom, s in d["spread"].items()}
+        settings = d.get("settings")
+        if settings is not None and not isinstance(settings, Mapping):
+            raise ValueError(f"settings is {settings!r}, not an object")
         return cls(json_mixture(d["weights"]), spread, d["top_k"], d["pool_size"], d["feasible"], d["pareto_size"],
-                   d["pareto_over"], d["evaluations"])
+                   d["pareto_over"], d["evaluations"], dict(settings) if settings is not None else None)
 
     def write(self, path: str | Path) -> None:
         write_json(Path(path), self.to_dict())

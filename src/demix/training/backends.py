@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from demix.checkpoints import components_to_train
-from demix.training.roles import check_external_paths, check_trainable
+from demix.training.roles import check_given_checkpoints, check_trainable
 
 if TYPE_CHECKING:
     from demix.config import RunConfig
@@ -30,8 +30,9 @@ def train_components(
     ``train.components.paths``), skipping finished ones, with ``train.backend``: ``hf`` (the
     Trainer recipe, here) or ``command`` (your trainer, see :mod:`demix.training.command`;
     with ``train.command.slurm`` the runs are left to Slurm and this raises until they are
-    registered). Returns domain -> result; ``skipped`` is true for those finished before."""
-    check_external_paths(config)
+    registered). Returns domain -> result; ``skipped`` is true for those finished before.
+    The given checkpoints (``model.base_path``, ``train.components.paths``) are checked first."""
+    check_given_checkpoints(config, run)
     todo = components_to_train(config) if domains is None else list(domains)
     for d in todo:  # unknown or external domains fail before any training starts
         check_trainable(config, d)

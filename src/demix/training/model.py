@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from demix.checkpoints import read_hf_config, safetensors_files
+from demix.checkpoints import check_loadable, read_hf_config, safetensors_files
 from demix.config import ModelConfig
 from demix.errors import DemixError
 
@@ -73,11 +73,16 @@ def check_vocabulary(tokenizer, path: Path, what: str = "checkpoint") -> None:
             )
 
 
-def load_checkpoint(path: Path, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """Load a causal LM from a checkpoint directory, from safetensors only."""
+def load_checkpoint(
+    path: Path, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32, role: str = "checkpoint"
+) -> torch.nn.Module:
+    """Load a causal LM from a checkpoint directory, from safetensors only; one that needs its
+    own code loads only with ``trust_remote_code`` (``model.trust_remote_code``)."""
     from transformers import AutoModelForCausalLM
 
-    safetensors_files(path)  # refuse pickled weights with a clear error before transformers looks
+    # Refuse pickled weights and custom code with an error naming the fix, before transformers looks.
+    safetensors_files(path, role)
+    check_loadable(path, trust_remote_code, role)
     return AutoModelForCausalLM.from_pretrained(
         str(path), use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype
     )

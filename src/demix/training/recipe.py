@@ -31,7 +31,6 @@ from demix.checkpoints import (
     is_finished,
     read_provenance,
     resolve_device,
-    safetensors_files,
     weights_hash,
 )
 from demix.config import RunConfig, TrainRecipe
@@ -49,7 +48,7 @@ from demix.training.model import (
     load_checkpoint,
 )
 from demix.training.result import TrainResult
-from demix.training.roles import check_trainable, component_mixture, require_base, training_steps
+from demix.training.roles import check_given_checkpoints, check_trainable, component_mixture, require_base, training_steps
 from demix.training.schedule import warmup_steps
 from demix.training.trainer import (
     ADAM_BETA2,
@@ -316,9 +315,9 @@ def train_base(
 ) -> TrainResult:
     """Pretrain the base from scratch on the general domain (``train.base`` recipe), or, when
     ``model.base_path`` is set, check that checkpoint against the run's tokenizer and use it."""
+    check_given_checkpoints(config, run)
     if config.model.base_path:
         path = Path(config.model.base_path)
-        safetensors_files(path, "base")
         check_vocabulary(load_tokenizer(run.tokenizer), path, "base")
         return TrainResult(path, read_provenance(path) if is_finished(path) else None, skipped=True)
     return _train(
@@ -343,6 +342,7 @@ def train_component(
     callbacks: Sequence[TrainerCallback] = (),
 ) -> TrainResult:
     """Continue training the base on ``domain`` (plus the general share): the domain's component."""
+    check_given_checkpoints(config, run)
     check_trainable(config, domain)
     return _train(
         config,
@@ -374,6 +374,7 @@ def train_on_mixture(
     baseline (``role="trained_proxy"``, recipe ``train.trained_proxy``)."""
     if role not in ("reference", "trained_proxy"):
         raise DemixError(f"role '{role}' cannot be trained on a mixture", "use role 'reference' or 'trained_proxy'")
+    check_given_checkpoints(config, run)
     weights = validate_mixture(mixture, config.data.domain_names, normalize=config.merge.normalize)
     return _train(
         config,

@@ -1,11 +1,13 @@
 """What each model of a run is trained on and from, whichever backend trains it: the
 components' mixtures, the reference recipe, the steps a budget buys, the base training
-continues from, and which components are ready to merge.
+continues from, the checkpoints a user hands to the run, and which components are ready to merge.
 
     component_mixture(config, "math")   # {"general": 0.5, "math": 0.5}
     finished_components(config, run)    # {domain: directory} ready for demix.merging
+    check_given_checkpoints(config, run)  # model.base_path, train.components.paths: before any work
 
-Torch-free: the command backend (your own trainer) uses these without importing torch.
+Torch-free on import: the command backend (your own trainer) uses these without torch; only
+:func:`check_given_checkpoints` asks transformers which model types it knows.
 """
 
 from __future__ import annotations
@@ -13,7 +15,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from demix.checkpoints import Layout, base_dir, check_compatible, component_dirs, is_finished, safetensors_files
+from demix.checkpoints import (
+    CONFIG_FILE,
+    Layout,
+    base_dir,
+    check_compatible,
+    check_loadable,
+    component_dirs,
+    is_finished,
+    safetensors_files,
+    shard_map,
+)
 from demix.config import TrainRecipe
 from demix.errors import DemixError
 
@@ -77,6 +89,39 @@ def check_external_paths(config: RunConfig) -> None:
         raise DemixError(
             f"train.components.paths names unknown domain(s) {unknown}", f"use the run's domains {config.data.domain_names}"
         )
+
+
+def check_given_checkpoints(config: RunConfig, run: RunDir) -> None:
+    """The checkpoints a user hands to the run, checked before a verb does any work (every verb
+    that uses them calls this first: train base/components/reference/trained-proxy/command,
+    merge and search through :func:`demix.merging.builder.run_checkpoints`): ``model.base_path`` and
+    each ``train.components.paths`` entry exists, holds safetensors only, loads without its
+    own code (unless ``model.trust_remote_code``); components also match the base, when there
+    is one yet. Headers and config.json only: no weights are read."""
+    check_external_paths(config)
+    trust = config.model.trust_remote_code
+    base: Layout | None = None
+    if config.model.base_path:
+        base = _given_checkpoint(config.model.base_path, "model.base_path", "base", trust, "or remove it to pretrain the base in this run")
+    elif (run.base / CONFIG_FILE).is_file():  # the run's own base, once it is written
+        base = Layout.read(run.base, "base")
+    for domain, path in config.train.components.paths.items():
+        key = f"train.components.paths.{domain}"
+        layout = _given_checkpoint(path, key, f"component '{domain}'", trust, "or remove the entry to train the component here")
+        if base is not None:
+            check_compatible(base, {domain: layout})
+
+
+def _given_checkpoint(path: str | Path, key: str, role: str, trust_remote_code: bool, or_else: str) -> Layout:
+    """One checkpoint a config setting ``key`` names: there, safetensors, loadable; its layout."""
+    p = Path(path)
+    if not p.is_dir():
+        what = "is not a directory" if p.exists() else "does not exist"
+        raise DemixError(f"{key} is '{p}', which {what}", f"point {key} to a Hugging Face checkpoint directory, {or_else}")
+    who = f"{role} ({key})"
+    shard_map(p, who)  # safetensors only: pickled weights are refused before anything reads them
+    check_loadable(p, trust_remote_code, who)
+    return Layout.read(p, who)
 
 
 def finished_components(config: RunConfig, run: RunDir) -> dict[str, Path]:

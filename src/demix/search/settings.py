@@ -1,0 +1,111 @@
+"""What a stored score was made with, so that scores made under other settings are never fitted
+together with this config's.
+
+- :class:`ScoringSettings`: the evaluation settings that change a merged proxy's scores
+  (:func:`demix.evaluation.benchmarks.scoring_settings`) and the merge settings that change the
+  proxy itself (``merge.method``, ``params``, ``dtype``, ``normalize``; not ``shard_size``, which
+  only `demix merge` uses). Every merged evaluation records their fingerprint (``settings``)
+  and values (``scored_with``) in its provenance, beside the components fingerprint; a resumed
+  search refuses rows with another fingerprint, naming what changed. Rows written before the
+  fingerprint existed carry none and are accepted, as they always were.
+- :func:`ranking_fingerprint`: the search settings a round's fit and ranking depend on, recorded
+  in each round's ``selection.json`` (a round's files are final only for the settings they record).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from demix.config import RunConfig
+from demix.errors import DemixError
+from demix.store import Evaluation
+
+#: Provenance keys of a merged evaluation: the fingerprint, and the values behind it.
+FINGERPRINT_KEY = "settings"
+VALUES_KEY = "scored_with"
+
+#: How a user re-scores stored proxies under new settings (the Python API; see docs/search.md).
+RESCORE_HINT = "demix.search.search(config, run, rescore=True) evaluates them again under the new settings"
+
+
+def digest(values: Any) -> str:
+    """16 hex digits of the sha1 of ``values`` as canonical JSON."""
+    return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    """The settings a merged proxy's scores depend on besides its mixture and the checkpoints."""
+
+    values: dict[str, Any]
+    """Config key -> value (``evaluation.heldout_tokens``, ``merge.method``, ...)."""
+
+    @classmethod
+    def of(cls, config: RunConfig) -> ScoringSettings:
+        from demix.evaluation.benchmarks import scoring_settings
+
+        m = config.merge.model_dump(mode="json")
+        merge = {f"merge.{k}": m[k] for k in ("method", "params", "dtype", "normalize")}
+        return cls({**scoring_settings(config), **merge})
+
+    @property
+    def fingerprint(self) -> str:
+        return digest(self.values)
+
+    def provenance(self) -> dict[str, Any]:
+        """What a stored evaluation records."""
+        return {FINGERPRINT_KEY: self.fingerprint, VALUES_KEY: self.values}
+
+    def is_stale(self, row: Evaluation) -> bool:
+        """True when ``row`` was scored under other settings (rows without a record pass)."""
+        recorded = row.provenance.get(FINGERPRINT_KEY)
+        return recorded is not None and recorded != self.fingerprint
+
+    def stale(self, rows: Sequence[Evaluation]) -> list[Evaluation]:
+        return [r for r in rows if self.is_stale(r)]
+
+    def changes(self, row: Evaluation) -> list[str]:
+        """``key: old -> new`` for every setting that differs from ``row``'s record."""
+        old = row.provenance.get(VALUES_KEY)
+        if not isinstance(old, Mapping):
+            return ["settings recorded only as a fingerprint"]
+        keys = sorted(set(old) | set(self.values))
+        return [f"{k}: {_show(k, old.get(k))} -> {_show(k, self.values.get(k))}" for k in keys
+                if json.dumps(old.get(k), sort_keys=True) != json.dumps(self.values.get(k), sort_keys=True)]
+
+    def describe(self, rows: Sequence[Evaluation]) -> str:
+        """The changes behind ``rows`` (stale rows), grouped by the settings they were made with."""
+        groups: dict[str, list[Evaluation]] = {}
+        for r in rows:
+            groups.setdefault(str(r.provenance.get(FINGERPRINT_KEY)), []).append(r)
+        return "; ".join(f"{len(g)} row(s) with {', '.join(self.changes(g[0]))}" for g in groups.values())
+
+    def refuse(self, rows: Sequence[Evaluation], store_name: str) -> DemixError:
+        """The error of a search whose store holds ``rows`` scored under other settings."""
+        return DemixError(
+            f"the store {store_name} holds {len(rows)} merged evaluation(s) scored under other settings than this "
+            f"config's, which cannot be fitted together with new ones ({self.describe(rows)})",
+            "restore the old value(s) in the config, or search with the new ones in a new output_dir; "
+            f"or re-score the stored proxies: {RESCORE_HINT}",
+        )
+
+
+def _show(key: str, value: Any) -> str:
+    """A setting's value, short enough for a one-line message."""
+    if key == "evaluation.benchmarks" and isinstance(value, list):
+        value = [b.get("name") if isinstance(b, Mapping) else b for b in value]
+    text = "unset" if value is None else json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def ranking_fingerprint(config: RunConfig, token_counts: Mapping[str, float] | None) -> str:
+    """The search settings a round's fit and ranking depend on: ``search.*`` except ``rounds``
+    (each round's size is checked against its ``planned.json``), the domains and their token
+    counts (bounds, prior, the natural mixture)."""
+    search = {k: v for k, v in config.search.model_dump(mode="json").items() if k != "rounds"}
+    counts = {d: float(token_counts[d]) for d in config.data.domain_names} if token_counts else None
+    return digest({"search": search, "domains": config.data.domain_names, "token_counts": counts})
