@@ -53,8 +53,8 @@ def test_unknown_key_and_bad_yaml_name_the_key_and_the_file(tmp_path):
 
 def test_a_key_given_twice_in_the_config_is_refused(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text(f"output_dir: {tmp_path / 'run'}\nsearch: {{top_k: 10}}\ndata:\n  domains: [{{name: general, source: 'builtin:general'}}]\n"
-                    "search: {pool_size: 100}\n")
+    path.write_text(f"output_dir: {tmp_path / 'run'}\nsearch: {{top_k: 10}}\n"
+                    "data:\n  domains: [{name: general, source: 'builtin:general'}]\nsearch: {pool_size: 100}\n")
     result = cli("search", str(path), "-q")
     assert result.code == 1 and "key 'search' is given twice (line 5)" in result.text and str(path) in result.text
 

@@ -274,6 +274,40 @@ def test_merged_rows_of_other_components_are_refused(first, tmp_path):
     assert "other components" in exc.value.what and "output_dir" in exc.value.fix
 
 
+def test_own_merged_rows_scored_under_other_settings_are_scored_again(first, tmp_path):
+    """A merged proxy the stage stored under other evaluation settings is never reused: it is
+    evaluated again and its row replaced (the search's row, recorded before settings were, is kept)."""
+    from demix.search.settings import ScoringSettings
+
+    config, run, _, _ = first
+    changed, copy = _copy_run(config, run, tmp_path, **{"evaluation.heldout_tokens": 512})
+    result = run_fidelity(changed, copy, progress=False)
+    with Store(copy.store_url) as store:
+        merged = store.evaluations_done("merged")
+    own = [e for e in merged if e.round is None]
+    assert len(own) == 3 and result.trained_now == 0 and result.evaluated_now == len(own)
+    fingerprint = ScoringSettings.of(changed).fingerprint
+    assert all(e.provenance["settings"] == fingerprint for e in own)
+    assert all(e.provenance["scored_with"]["evaluation.heldout_tokens"] == 512 for e in own)
+
+
+def test_search_rows_scored_under_other_settings_are_refused_before_training(first, tmp_path):
+    from demix.search.settings import ScoringSettings
+
+    config, run, _, _ = first
+    changed, copy = _copy_run(config, run, tmp_path, **{"evaluation.heldout_tokens": 512})
+    with Store(copy.store_url) as store:  # the search's row of GIVEN, as this demix's search records it
+        row = store.get(GIVEN, "merged")
+        store.replace(GIVEN, row.benchmarks, row.capabilities, "merged",
+                      {**row.provenance, "source": "demix search", **ScoringSettings.of(config).provenance()})
+    before = _rows(copy)
+    with pytest.raises(DemixError) as exc:
+        run_fidelity(changed, copy, progress=False)
+    assert "1 merged evaluation(s) scored under other settings" in exc.value.what
+    assert "evaluation.heldout_tokens: 1024 -> 512" in exc.value.what and "new output_dir" in exc.value.fix
+    assert _rows(copy) == before
+
+
 def test_reference_mixtures_are_seeded_and_validated(module_runs):
     make, config, _ = module_runs
     counts = {"general": 1000, "math": 500, "code": 500}

@@ -90,11 +90,13 @@ def test_a_plan_lost_in_the_middle_of_its_round_is_planned_again_as_it_was(tmp_p
     config, reference = finished
     run = RunDir(tmp_path / "again")
     config = changed(config, f"output_dir={run.root}")
-    with pytest.raises(RuntimeError, match="stopped"):
-        run_search(config, run, Scorer(fail_after=8 + 2), TOKENS)
-    assert len(rows(run)) == 10
-    run.round_files(1).planned.unlink()
-    run_search(config, run, Scorer(), TOKENS)
+    # One driver for both calls: it releases the claim its stopped scorer left (as a killed process's is).
+    with Store(run.store_url) as store:
+        with pytest.raises(RuntimeError, match="stopped"):
+            run_search(config, run, Scorer(fail_after=8 + 2), TOKENS, store=store)
+        assert len(rows(run)) == 10
+        run.round_files(1).planned.unlink()
+        run_search(config, run, Scorer(), TOKENS, store=store)
     for r in range(3):
         assert run.round_files(r).planned.read_bytes() == reference.round_files(r).planned.read_bytes(), r
     assert run.best_mixture.read_bytes() == reference.best_mixture.read_bytes()
@@ -223,3 +225,39 @@ def test_rescore_evaluates_the_stored_mixtures_again_and_refits_every_round(fini
     scorer = Scorer()
     run_search(new, run, scorer, TOKENS)
     assert scorer.calls == 0
+
+
+def test_a_round_stopped_while_its_files_are_rewritten_is_never_read_back(finished, monkeypatch):
+    """selection.json marks a round finished: it is gone while the other files are rewritten,
+    so a kill in between never leaves a round whose fit and ranking come from different settings."""
+    import demix.search.loop as loop
+
+    config, run = finished
+    before = files_of(run)
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed while ranking")
+
+    monkeypatch.setattr(loop, "rank_pool", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_search(changed(config, "search.predictor=lightgbm"), run, Scorer(), TOKENS)
+    assert not run.round_files(0).selection.exists()
+    monkeypatch.undo()
+    run_search(config, run, Scorer(), TOKENS)
+    after = files_of(run)
+    assert {k: after[k] for k in before} == before
+
+
+def test_merged_rows_of_another_stage_under_other_settings_do_not_stop_the_search(finished):
+    """The search fits only its own rows: a merged proxy the fidelity stage scored under other
+    settings (no round, its own source) is neither fitted on nor a reason to stop."""
+    config, run = finished
+    other = {"general": 0.1, "math": 0.1, "code": 0.8}
+    r = synthetic_result(other)
+    with Store(run.store_url) as store:
+        store.add(other, r.benchmarks, r.capabilities, "merged", None,
+                  {"source": "demix fidelity", "settings": "0" * 16, "scored_with": {"evaluation.heldout_tokens": 1}})
+    before = files_of(run)
+    scorer = Scorer()
+    run_search(config, run, scorer, TOKENS)
+    assert scorer.calls == 0 and files_of(run) == before

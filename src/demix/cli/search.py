@@ -21,6 +21,9 @@ def search_cmd(
     overrides: OverridesOpt = None,
     device: Annotated[str, typer.Option(help="Device for proxies and evaluation: auto, cpu, cuda, cuda:0, ...")] = "auto",
     quiet: QuietOpt = False,
+    rescore: Annotated[
+        bool, typer.Option("--rescore", help="Evaluate again the stored proxies that were scored under other evaluation or merge settings, and replace their scores.")
+    ] = False,
 ) -> None:
     """Search the data mixture: merge a proxy for each sampled mixture, evaluate it, fit predictors, rank.
 
@@ -35,7 +38,7 @@ def search_cmd(
     # Where proxies are evaluated is executor.kind's choice (docs/scaling.md): in this process,
     # or on Ray, where each worker builds its own resident proxy.
     with LiveSearchDisplay(cfg.data.domain_names, enabled=not quiet, console=console) as display:
-        result = search(cfg, run, device=None if device == "auto" else device, on_event=display)
+        result = search(cfg, run, device=None if device == "auto" else device, on_event=display, rescore=rescore)
 
     console.quiet = False
     console.print(plan_table(result.best))

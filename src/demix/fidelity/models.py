@@ -10,7 +10,7 @@ directory is never retrained.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from demix.errors import DemixError
 from demix.fidelity.references import trained_recipe
 from demix.mixtures import mixture_key
 from demix.rundir import RunDir
+from demix.search.settings import is_search_row
 
 log = logging.getLogger("demix.fidelity")
 
@@ -73,6 +74,7 @@ class EvaluatedModels:
         self._evaluator: Any = None
         self._expected: tuple[set[str], set[str]] | None = None
         self._components: str | None = None
+        self._scoring: Any = None
         self.evaluations = 0
         """Evaluations run here (not read from the store)."""
         self.trainings = 0
@@ -123,6 +125,29 @@ class EvaluatedModels:
             self._components = components_fingerprint(self.config, self.run) or ""
         return self._components or None
 
+    @property
+    def scoring(self) -> Any:
+        """The :class:`~demix.search.settings.ScoringSettings` merged proxies are scored with."""
+        if self._scoring is None:
+            from demix.search.settings import ScoringSettings
+
+            self._scoring = ScoringSettings.of(self.config)
+        return self._scoring
+
+    @property
+    def _store_name(self) -> str:
+        # Never print a server URL: it may hold a password.
+        return "of store.url" if self.config.store.url else str(self.run.store_file)
+
+    def check_search_rows(self, mixtures: Sequence[Mapping[str, float]]) -> None:
+        """Refuse, before anything is trained, merged rows of the search among ``mixtures`` that
+        were scored under other settings: the search's evaluations are never overwritten here,
+        and never compared with scores of other settings (the search refuses them the same way)."""
+        rows = [self.store.get(m, proxy_kind.MERGED) for m in mixtures]
+        stale = [r for r in rows if r is not None and is_search_row(r) and self.scoring.is_stale(r)]
+        if stale:
+            raise self.scoring.refuse(stale, self._store_name)
+
     def _stored(
         self, mixture: Mapping[str, float], kind: str, recipe: dict[str, Any] | None = None
     ) -> tuple[ModelScores | None, Any]:
@@ -147,6 +172,13 @@ class EvaluatedModels:
                 "run the fidelity stage for the new components in a new output_dir, or delete this run's store "
                 "to evaluate every proxy again",
             )
+        if kind == proxy_kind.MERGED and self.scoring.is_stale(row):
+            if is_search_row(row):
+                raise self.scoring.refuse([row], self._store_name)
+            # The stage's own proxy, scored under other evaluation or merge settings: scored again.
+            log.info("merged %s was scored under other settings (%s); evaluating it again",
+                     row.mixture_key, self.scoring.describe([row]))
+            return None, row
         benchmarks, capabilities = self.expected_names
         if set(row.benchmarks) != benchmarks or set(row.capabilities) != capabilities:
             log.info("%s %s was scored on other benchmarks (%s); evaluating it again",
@@ -240,7 +272,8 @@ class EvaluatedModels:
             ev = self._evaluate(builder.model)
         scored = self._save(
             mixture, proxy_kind.MERGED, ev,
-            {"merge_method": self.config.merge.method, "round": None, "components": self.components}, stale,
+            {"merge_method": self.config.merge.method, "round": None, "components": self.components,
+             **self.scoring.provenance()}, stale,
         )
         self.on_event(proxy_kind.MERGED, key, "evaluated")
         return scored

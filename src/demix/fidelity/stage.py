@@ -12,8 +12,9 @@ the search's sampler and bounds, seeded by ``fidelity.seed``):
    the ``train.trained_proxy`` recipe at that budget into
    ``models/trained_proxies/<mixture key>@<tokens>/`` and stored as ``trained@<tokens>``;
 3. the **merged proxy** is built in memory and evaluated (stored as ``merged``; an evaluation
-   the search already stored for the same mixture is reused), and its weights are compared with
-   the reference model's (:func:`demix.fidelity.audit.proxy_gap`).
+   the search already stored for the same mixture is reused, after the same check of the
+   settings it was scored with as the search's: :mod:`demix.search.settings`), and its weights
+   are compared with the reference model's (:func:`demix.fidelity.audit.proxy_gap`).
 
 Nothing is trained or evaluated twice (:class:`demix.fidelity.models.EvaluatedModels`): a
 mixture with a stored row is reused, and a finished model directory is never retrained. Then
@@ -116,6 +117,7 @@ def run_fidelity(
     write_mixtures(files.mixtures, mixtures, budgets)
 
     with EvaluatedModels(config, run, store=store, device=device, progress=progress, on_event=on_event) as models:
+        models.check_search_rows([m.weights for m in mixtures])  # before any training
         scored = _trained_scores(models, mixtures, budgets)
         audit, notes = _merged_scores(config, run, models, mixtures, scored, base, comps, device)
 

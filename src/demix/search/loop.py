@@ -45,7 +45,7 @@ from demix.search.fitting import Fit, fit_all, resolve_directions
 from demix.search.planning import Planner, rng_for
 from demix.search.ranking import Ranking, rank_pool
 from demix.search.round_files import Selection
-from demix.search.settings import ScoringSettings, ranking_fingerprint
+from demix.search.settings import ScoringSettings, is_search_row, ranking_fingerprint
 from demix.store import Evaluation, Store
 
 log = logging.getLogger("demix.search")
@@ -166,6 +166,8 @@ class _Rounds:
         """Every planned mixture so far, rounds in order: what each round's fit is made on."""
         self.evaluated_now = 0
         self.summaries: list[RoundSummary] = []
+        self.store_name = "of store.url"
+        """How messages name the store (never its URL: it may hold a password)."""
 
     def run(self, r: int, n: int, files: RoundFiles, higher_is_better: Mapping[str, bool] | None) -> None:
         """Plan, evaluate, then read the round's files back when it is finished, else fit and rank."""
@@ -256,8 +258,14 @@ class _Rounds:
         # (workers, drivers) nor on rows stored since (later rounds, other stages).
         stored = {e.mixture_key: e for e in self.store.evaluations_done(self.proxy_kind)}
         evaluations = [stored[k] for k in self.planned_keys if k in stored]
+        stale = self.scoring.stale(evaluations)
+        if stale:  # a planned mixture another stage stored under other settings (or a concurrent change)
+            raise self.scoring.refuse(stale, self.store_name)
         directions = resolve_directions(evaluations, self.config, higher_is_better)
         self.fit = fit_all(evaluations, self.domains, directions, s.predictor, s.cv_folds, s.seed)
+        # selection.json marks the round finished: gone while the other files are rewritten, so a
+        # kill in between never leaves a finished-looking round of mixed fits.
+        files.selection.unlink(missing_ok=True)
         self.fit.write(files)
         pool = sample_mixtures(self.domains, s.pool_size, self.prior, s.sampler, self.bounds, rng_for(s.seed, r, 1))
         self.ranking = rank_pool(pool, self.fit, self.config, self.token_counts)
@@ -310,11 +318,12 @@ def run_search(
             config, store, executor, proxy_kind, token_counts, fingerprint, on_event or (lambda e: None), space
         )
         # Never print a server URL: it may hold a password.
-        store_name = "of store.url" if config.store.url else str(run.store_file)
+        store_name = rounds.store_name = "of store.url" if config.store.url else str(run.store_file)
         stored = store.evaluations_done(proxy_kind)
         _check_components_unchanged(stored, fingerprint, store_name)
-        # Before anything is written: scores of other settings are never fitted with these.
-        stale = rounds.scoring.stale(stored)
+        # Before anything is written: scores of other settings are never fitted with these. Only
+        # the search's rows count (the fidelity stage's own proxies are never planned: stored).
+        stale = rounds.scoring.stale([e for e in stored if is_search_row(e)])
         if stale and not rescore:
             raise rounds.scoring.refuse(stale, store_name)
         released = store.release_pending(proxy_kind)

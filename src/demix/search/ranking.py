@@ -13,8 +13,8 @@ from demix.errors import DemixError
 from demix.mixtures import prior_weights
 from demix.objectives import feasible, objective_values, pareto_front, parse_constraints, select_top_k
 from demix.rundir import RoundFiles
-from demix.search.fitting import Fit
 from demix.search.files import RERUN
+from demix.search.fitting import Fit
 from demix.search.round_files import CandidatePool, ParetoFront, Selection
 
 PARETO_CANDIDATES = 5000

@@ -29,7 +29,7 @@ FINGERPRINT_KEY = "settings"
 VALUES_KEY = "scored_with"
 
 #: How a user re-scores stored proxies under new settings (the Python API; see docs/search.md).
-RESCORE_HINT = "demix.search.search(config, run, rescore=True) evaluates them again under the new settings"
+RESCORE_HINT = "`demix search CONFIG --rescore` evaluates them again under the new settings"
 
 
 def digest(values: Any) -> str:
@@ -85,13 +85,20 @@ class ScoringSettings:
         return "; ".join(f"{len(g)} row(s) with {', '.join(self.changes(g[0]))}" for g in groups.values())
 
     def refuse(self, rows: Sequence[Evaluation], store_name: str) -> DemixError:
-        """The error of a search whose store holds ``rows`` scored under other settings."""
+        """The error for a store holding ``rows`` of the search scored under other settings: their
+        scores cannot be compared with this config's."""
         return DemixError(
             f"the store {store_name} holds {len(rows)} merged evaluation(s) scored under other settings than this "
-            f"config's, which cannot be fitted together with new ones ({self.describe(rows)})",
+            f"config's ({self.describe(rows)})",
             "restore the old value(s) in the config, or search with the new ones in a new output_dir; "
             f"or re-score the stored proxies: {RESCORE_HINT}",
         )
+
+
+def is_search_row(row: Evaluation) -> bool:
+    """True for an evaluation the search stored (its rounds are fitted on it); the fidelity
+    stage's own merged proxies have neither a round nor the search as their source."""
+    return row.round is not None or row.provenance.get("source") == "demix search"
 
 
 def _show(key: str, value: Any) -> str:
