@@ -159,7 +159,7 @@ def test_a_search_refuses_scores_made_under_other_settings(finished, override, n
         run_search(new, run, scorer, TOKENS)
     assert "15 merged evaluation(s) scored under other settings" in exc.value.what
     assert named in exc.value.what, exc.value.what
-    assert "new output_dir" in exc.value.fix and "rescore=True" in exc.value.fix
+    assert "new output_dir" in exc.value.fix and "--rescore" in exc.value.fix
     assert scorer.calls == 0 and files_of(run) == before and rows(run) == stored
 
 
