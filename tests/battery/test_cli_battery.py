@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import sqlite3
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from helpers.battery import CliResult, assert_unchanged, cli, cli_subprocess, snapshot
+from helpers.battery import CliResult, assert_unchanged, cli, snapshot
 from test_rundir import fill, tmpfs
 
 INTERRUPTED = "interrupted; run again to resume"
@@ -107,31 +105,6 @@ def test_register_with_unfinished_runs_exits_2(finished, tmp_path):
                  "-s", "train.command.template=echo {output_dir}", "-s", "train.command.slurm=true", "--register")
     clean_error(result, 2, "registered 0 checkpoint(s)", "3 not finished yet", "component-math")
     assert_unchanged(before, snapshot(tmp_path), outputs=["run"])
-
-
-@pytest.mark.slow
-def test_ctrl_c_during_search_exits_130_and_a_rerun_resumes(tiny, tmp_path):
-    root = copy_run(tiny, tmp_path)
-    config, store = root / "config.yaml", root / "store.sqlite"
-    before = snapshot(tmp_path)
-    child = cli_subprocess(["search", str(config), "-q"])
-    deadline = time.monotonic() + 240
-    while done_evaluations(store) < 1 and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert child.poll() is None, "the search ended before it could be interrupted"
-    child.send_signal(signal.SIGINT)
-    output, _ = child.communicate(timeout=120)
-    assert child.returncode == 130, output
-    assert INTERRUPTED in output and "Traceback" not in output
-    kept = done_evaluations(store)
-    assert kept >= 1 and not (root / "best_mixture.json").exists()  # no answer from half a search
-    assert_unchanged(before, snapshot(tmp_path), outputs=["run"])
-
-    result = cli("search", str(config), "-q")
-    assert result.code == 0, result.text
-    total = done_evaluations(store)
-    assert f"{total} evaluations in the store ({total - kept} new this run)" in result.text
-    assert 0 < total - kept < total and (root / "best_mixture.json").is_file()
 
 
 # --------------------------------------------------------------------------- 8: a domain given twice
