@@ -90,3 +90,27 @@ def test_unreadable_row_is_named(tmp_path):
     con.close()
     with Store(url(tmp_path)) as s, pytest.raises(DemixError, match="row 1 has unreadable JSON"):
         s.evaluations_done()
+
+
+def test_full_disk_is_named_and_keeps_the_store(tmp_path):
+    """sqlite's "database or disk is full" (here from its own page cap, the error a full file
+    system gives) is one DemixError saying to free space, not a traceback and not "corrupt";
+    what was stored before is still there."""
+    import sqlalchemy as sa
+
+    store = Store(url(tmp_path))
+    store.add(M1, {"b": 1.0}, {"c": 1.0})
+
+    @sa.event.listens_for(store.engine, "connect")
+    def _cap_pages(dbapi, _record):
+        pages = dbapi.execute("PRAGMA page_count").fetchone()[0]
+        dbapi.execute(f"PRAGMA max_page_count = {pages}")
+
+    store.engine.dispose()  # new connections get the cap
+    with pytest.raises(DemixError, match="cannot be read or written .*disk is full") as err:
+        for i in range(1, 500):
+            store.add({"general": 1.0 - i / 1000, "math": i / 1000}, {"b": 1.0}, {"c": 1.0}, provenance={"pad": "x" * 4000})
+    assert "free disk space" in err.value.fix and "corrupt" not in str(err.value)
+    store.close()
+    with Store(url(tmp_path)) as again:
+        assert again.get(M1) is not None

@@ -28,13 +28,14 @@ to see that it is safe; splitting them would hide the invariant across files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import secrets
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -162,6 +163,10 @@ def _score_values(
     return values
 
 
+#: sqlite messages of an intact store that cannot be read or written (disk full, permissions).
+_IO_ERRORS = ("disk i/o error", "database or disk is full", "readonly database", "unable to open database file")
+
+
 class Store:
     """Evaluated mixtures in a database given by a SQLAlchemy URL (``sqlite:///path`` by default,
     ``postgresql+psycopg://user@host/db`` for several drivers).
@@ -210,7 +215,17 @@ class Store:
         return None
 
     def _corrupt(self, detail: str) -> DemixError:
-        where = self._sqlite_path() or self.url
+        where = self._sqlite_path() or self._safe_url()
+        low = detail.lower()
+        # sqlite reports a full disk, a read-only file or directory and a missing directory as
+        # OperationalError too: the store is intact then, and moving it away would lose nothing
+        # but be the wrong advice.
+        if any(s in low for s in _IO_ERRORS):
+            return DemixError(
+                f"the store '{where}' cannot be read or written ({detail})",
+                "free disk space on its file system and check that its file and directory are writable; "
+                "the stored evaluations are kept",
+            )
         return DemixError(
             f"the store '{where}' is not a demix store or is corrupt ({detail})",
             "move the file away (a new store is created) or point store.url at the right database",
@@ -258,6 +273,34 @@ class Store:
         except sa.exc.DatabaseError as exc:
             raise self._corrupt(str(exc.orig).splitlines()[0] if exc.orig else str(exc)) from None
 
+    @contextlib.contextmanager
+    def _begin(self) -> Iterator[Any]:
+        """``engine.begin()`` whose database errors (a full disk, a lost server) are one DemixError."""
+        with self._translated(), self.engine.begin() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[Any]:
+        """``engine.connect()``, errors translated as in :meth:`_begin`."""
+        with self._translated(), self.engine.connect() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        sa = self._sa
+        try:
+            yield
+        except sa.exc.IntegrityError:
+            raise  # a unique conflict: the callers handle it
+        except sa.exc.DBAPIError as exc:
+            detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            if self._sqlite_path() is not None:
+                raise self._corrupt(detail) from None
+            raise DemixError(
+                f"the store '{self._safe_url()}' failed ({detail})",
+                "check that the database server runs and is reachable; the stored evaluations are kept",
+            ) from None
+
     def _safe_url(self) -> str:
         """The URL without its password (for messages)."""
         try:
@@ -280,13 +323,13 @@ class Store:
 
                 stmt = sqlite_insert(self.evaluations)
             stmt = stmt.values(**row).on_conflict_do_nothing(index_elements=["mixture_key", "proxy_kind"])
-            with self.engine.begin() as conn:
+            with self._begin() as conn:
                 if dialect == "sqlite":
                     return conn.execute(stmt).rowcount == 1
                 # psycopg reports no rowcount for a skipped insert: ask for the new id instead.
                 return conn.execute(stmt.returning(self.evaluations.c.id)).first() is not None
         try:  # other databases: the unique constraint raises
-            with self.engine.begin() as conn:
+            with self._begin() as conn:
                 conn.execute(self.evaluations.insert().values(**row))
         except sa.exc.IntegrityError:
             return False
@@ -326,7 +369,7 @@ class Store:
             return True
         t = self.evaluations
         where = (t.c.mixture_key == row["mixture_key"]) & (t.c.proxy_kind == proxy_kind) & (t.c.status == "pending")
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             current = conn.execute(sa.select(t.c.owner, t.c.lease_expires).where(where)).first()
         if current is None:
             return False  # done
@@ -339,7 +382,7 @@ class Store:
             (t.c.lease_expires == current.lease_expires) if current.lease_expires is not None else t.c.lease_expires.is_(None)
         )
         values = {"owner": self.owner, "lease_expires": row["lease_expires"], "round": round, "created_at": row["created_at"]}
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             return conn.execute(t.update().where(where & same & same_lease).values(**values)).rowcount == 1
 
     def complete(
@@ -359,7 +402,7 @@ class Store:
         values = {"status": "done", "owner": None, "lease_expires": None,
                   **_score_values(benchmarks, capabilities, provenance)}
         t = self.evaluations
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             res = conn.execute(
                 t.update().where(t.c.mixture_key == key, t.c.proxy_kind == proxy_kind, t.c.status == "pending").values(**values)
             )
@@ -403,13 +446,13 @@ class Store:
         values = _score_values(benchmarks, capabilities, provenance)
         t = self.evaluations
         where = (t.c.mixture_key == mixture_key(mixture)) & (t.c.proxy_kind == proxy_kind) & (t.c.status == "done")
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             return conn.execute(t.update().where(where).values(**values)).rowcount == 1
 
     def renew(self) -> int:
         """Extend the lease of every pending row this driver holds (call between evaluations)."""
         t = self.evaluations
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             return conn.execute(
                 t.update()
                 .where(t.c.status == "pending", t.c.owner == self.owner)
@@ -428,11 +471,11 @@ class Store:
         cond = t.c.status == "pending"
         if proxy_kind is not None:
             cond = cond & (t.c.proxy_kind == proxy_kind)
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             rows = conn.execute(sa.select(t.c.id, t.c.owner).where(cond)).all()
         dead = [r for r in rows if r.owner == self.owner or _owner_is_dead_local_process(r.owner)]
         n = 0
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             for r in dead:
                 # Same owner re-checked in the delete: a row taken over meanwhile is not ours to drop.
                 same = (t.c.owner == r.owner) if r.owner is not None else t.c.owner.is_(None)
@@ -443,7 +486,7 @@ class Store:
         """Keys of the pending rows (evaluations in flight) -> the driver holding each."""
         sa = self._sa
         t = self.evaluations
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             rows = conn.execute(
                 sa.select(t.c.mixture_key, t.c.owner).where(t.c.proxy_kind == proxy_kind, t.c.status == "pending")
             ).all()
@@ -476,7 +519,7 @@ class Store:
         if proxy_kind is not None:
             q = q.where(t.c.proxy_kind == proxy_kind)
         try:
-            with self.engine.connect() as conn:
+            with self._connect() as conn:
                 rows = conn.execute(q.order_by(t.c.id)).all()
         except sa.exc.DatabaseError as exc:
             raise self._corrupt(str(exc.orig).splitlines()[0] if exc.orig else str(exc)) from None
@@ -489,7 +532,7 @@ class Store:
         q = sa.select(t).where(
             t.c.mixture_key == mixture_key(mixture), t.c.proxy_kind == proxy_kind, t.c.status == "done"
         )
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             r = conn.execute(q).first()
         return self._row(r) if r is not None else None
 
@@ -497,7 +540,7 @@ class Store:
         """Keys of the finished evaluations of one proxy kind."""
         sa = self._sa
         t = self.evaluations
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             rows = conn.execute(
                 sa.select(t.c.mixture_key).where(t.c.proxy_kind == proxy_kind, t.c.status == "done")
             ).all()
@@ -510,7 +553,7 @@ class Store:
         q = sa.select(sa.func.count()).select_from(t).where(t.c.status == status)
         if proxy_kind is not None:
             q = q.where(t.c.proxy_kind == proxy_kind)
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             return int(conn.execute(q).scalar() or 0)
 
     def close(self) -> None:
