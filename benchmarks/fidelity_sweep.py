@@ -18,7 +18,7 @@ mixtures:
 Prints one row per variant: merged proxies' macro rho with its bootstrap CI, top-25% rho, CRR,
 the best trained proxy's rho at each budget, the merge audit (relative delta, proxy gap), and what
 was retrained; then rho per capability. Also the "weights-only" row: the rank correlation of each
-domain's held-out score with that domain's own weight in the mixture (no model at all), which tells
+domain's held-out score with that domain's share of the reference's data mixture (no model at all), which tells
 how much of the ranking any proxy gets for free on these benchmarks.
 
 usage: OMP_NUM_THREADS=1 python benchmarks/fidelity_sweep.py --source runs/fidelity_bench --out runs/sweep \
@@ -106,12 +106,13 @@ def prepare_variant(source: Path, root: Path, src_cfg, cfg) -> list[str]:
 
 
 def weights_only_rho(result, domains: list[str], own_domain: dict[str, str]) -> dict[str, float]:
-    """Spearman between a capability's reference score and the weight of its own domain (the
-    capability named after the domain, or as given by --own-domain)."""
+    """Spearman between a capability's reference score and its own domain's share of the data
+    mixture the reference was trained on (the capability named after the domain, or as given by
+    --own-domain)."""
     from scipy.stats import spearmanr
 
     rep = result.reports[MERGED]
-    weights = {m.key: m.weights for m in result.mixtures}
+    weights = {m.key: m.data_mixture for m in result.mixtures}
     out = {}
     for name, t in rep.targets.items():
         d = own_domain.get(name, name if name in domains else None)
@@ -145,7 +146,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from demix.config import load_config, save_config
-    from demix.fidelity.files import read_mixtures
+    from demix.fidelity.files import read_mixtures_file
     from demix.fidelity.stage import run_fidelity
     from demix.prepare import prepare
     from demix.rundir import RunDir, write_json
@@ -157,9 +158,13 @@ def main() -> None:
     src_cfg = load_config(source / "config.yaml")
     domains = src_cfg.data.domain_names
     # Every variant is measured on the source's reference mixtures, pinned by value (a variant may
-    # add more with fidelity.num_references / fidelity.seed).
-    pinned = [m.weights for m in read_mixtures(RunDir(source).fidelity_files.mixtures)]
-    pin = [f"fidelity.mixtures={json.dumps(pinned)}", "fidelity.num_references=0"]
+    # add more with fidelity.num_references / fidelity.seed): under the data_mixture pairing the
+    # data mixtures, so that a variant of the components (another general share: another map
+    # from component weights to data) is compared on the same reference models.
+    recorded = read_mixtures_file(RunDir(source).fidelity_files.mixtures)
+    pinned = [m.data_mixture if recorded.pairing == "data_mixture" else m.component_weights for m in recorded.mixtures]
+    pin = [f"fidelity.mixtures={json.dumps(pinned)}", "fidelity.num_references=0",
+           f"fidelity.pairing={recorded.pairing}"]
     rows = []
     variants = [("source", [])] + [parse_variant(v) for v in args.variant]
     for name, overrides in variants:

@@ -6,9 +6,15 @@ run directory already holds:
 
 1. prepare, base, components, and the search (when ``best_mixture.json`` is missing);
 2. the fidelity stage with >= 8 reference mixtures: reference models, merged proxies, trained
-   proxies at several token budgets;
-3. a model trained with the reference recipe on the chosen mixture, the natural
-   (token-proportional) mixture and the uniform mixture, scored on the held-out benchmarks.
+   proxies at several token budgets (``-s fidelity.pairing=component_weights`` trains the
+   references on the component weights taken as data, the pre-0.2 pairing; run it on the same
+   ``--out`` to reuse base, components, search and merged proxies);
+3. a model trained with the reference recipe on the chosen data mixture, the natural
+   (token-proportional) data mixture and the uniform one, scored on the held-out benchmarks.
+
+Each pairing's results are also kept as ``<run>/fidelity/benchmark-<pairing>.json`` (with the
+merged report), and once both pairings have run, the paired difference of their merged macro
+rho is printed (same mixtures, same merged proxies, the two sets of reference models).
 
 Prints: rho (macro and per capability) with bootstrap CI, Kendall tau, top-25% rho, CRR and the
 FLOPs of one search per approach (merged proxies vs trained proxies at each budget), then the
@@ -52,10 +58,12 @@ def main() -> None:
     ap.add_argument("-s", "--set", dest="overrides", action="append", default=[], help="extra config override")
     args = ap.parse_args()
 
+    from demix.fidelity._records import nan_to_none
     from demix.fidelity.models import EvaluatedModels
     from demix.fidelity.stage import run_fidelity
     from demix.mixtures import mixture_key, prior_weights
     from demix.prepare import prepare
+    from demix.proxy_kind import MERGED
     from demix.rundir import read_token_counts, write_json
     from demix.training import train_base, train_components
 
@@ -75,14 +83,16 @@ def main() -> None:
     domains = config.data.domain_names
     token_counts = read_token_counts(run, domains)
     best = phase("search", lambda: search(config, run, token_counts))
+    pairing = config.fidelity.pairing
 
     def on_event(kind, key, action):
         print(f"  {kind:<16} {key} {action}", flush=True)
 
     result = phase("fidelity", lambda: run_fidelity(config, run, progress=False, device="cpu", on_event=on_event))
 
-    # The chosen mixture against the search's baseline mixtures: uniform and natural (token-proportional).
-    finals = {"chosen": dict(best["weights"])}
+    # The chosen data mixture against the baseline data mixtures: uniform and natural
+    # (token-proportional). Reference models are trained on data mixtures, reachable by merging or not.
+    finals = {"chosen": dict(best.mixture("data"))}
     for name, kind in (("uniform", "uniform"), ("natural", "tokens")):
         finals[name] = {d: float(x) for d, x in zip(domains, prior_weights(domains, kind, token_counts))}
 
@@ -97,14 +107,47 @@ def main() -> None:
     rank_obj, mean_obj = print_finals(config, run, finals, final_scores)
     print_targets(result, rank_obj, mean_obj)
     print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
-    write_json(run.fidelity / "benchmark.json", {
+    record = {
+        "pairing": pairing,
         "overrides": overrides,
         "timings_s": timings,
         "finals": {n: {"weights": finals[n], "key": mixture_key(finals[n]), "benchmarks": final_scores[n].benchmarks,
                        "capabilities": final_scores[n].capabilities, "mean_capability": float(mean_obj[i]),
                        "rank_mean": float(rank_obj[i])} for i, n in enumerate(finals)},
         "summary": [row.to_dict() for row in result.summary],
-    })
+        "mixtures": [m.to_dict() for m in result.mixtures],
+        "merged_report": result.reports[MERGED].to_dict(),
+    }
+    write_json(run.fidelity / "benchmark.json", nan_to_none(record))
+    write_json(run.fidelity / f"benchmark-{pairing}.json", nan_to_none(record))
+    print_pairings(run)
+
+
+def print_pairings(run) -> None:
+    """Merged proxies against references trained on data(a) and on a, once both pairings ran."""
+    from demix.fidelity import FidelityReport, paired_difference
+    from demix.fidelity.references import COMPONENT_WEIGHTS, DATA_MIXTURE
+    from demix.rundir import read_json
+
+    paths = {p: run.fidelity / f"benchmark-{p}.json" for p in (DATA_MIXTURE, COMPONENT_WEIGHTS)}
+    if not all(path.is_file() for path in paths.values()):
+        return
+    reps = {p: FidelityReport.from_dict(read_json(path)["merged_report"]) for p, path in paths.items()}
+    caps = [n for n, t in reps[DATA_MIXTURE].targets.items() if t.capability]
+    print()
+    print("Merged proxies against reference models trained on data(a) (pairing data_mixture) and on a "
+          "(pairing component_weights)")
+    print("| pairing | n | merged macro rho [CI] | " + " | ".join(f"rho {c}" for c in caps) + " | macro CRR |")
+    print("|" + "---|" * (4 + len(caps)))
+    for p, rep in reps.items():
+        print(f"| {p} | {len(rep.mixtures)} | {fmt_stat(rep.macro['spearman'])} | "
+              + " | ".join(fmt_stat(rep.targets[c].spearman) for c in caps) + f" | {fmt_stat(rep.macro['crr'])} |")
+    if reps[DATA_MIXTURE].mixtures == reps[COMPONENT_WEIGHTS].mixtures:
+        diff = paired_difference(reps[DATA_MIXTURE], reps[COMPONENT_WEIGHTS], same_references=False)
+        print(f"macro rho (data_mixture) - macro rho (component_weights), paired bootstrap over the same "
+              f"{diff.n} mixtures: {fmt_stat(diff)}")
+    else:
+        print("(the two pairings compared different mixtures: no paired difference)")
 
 
 def setup(args):
@@ -134,13 +177,14 @@ def setup(args):
     return config, run, overrides
 
 
-def search(config, run, token_counts) -> dict:
-    """The chosen mixture (``best_mixture.json``), searching for it when the run has none."""
-    from demix.rundir import read_json
+def search(config, run, token_counts):
+    """The chosen mixture (``best_mixture.json``, a :class:`demix.search.files.BestMixture`),
+    searching for it when the run has none."""
     from demix.search import run_search
+    from demix.search.files import BestMixture
 
     if run.best_mixture.is_file():
-        return read_json(run.best_mixture)
+        return BestMixture.read(run.best_mixture)
     from demix.evaluation import Evaluator
     from demix.merging import ProxyBuilder
 
@@ -151,7 +195,8 @@ def search(config, run, token_counts) -> dict:
         builder.build(m)
         return evaluator.evaluate(builder.model)
 
-    return run_search(config, run, scorer, token_counts, progress=False).best
+    run_search(config, run, scorer, token_counts)
+    return BestMixture.read(run.best_mixture)
 
 
 def print_fidelity(result, config) -> None:
@@ -225,10 +270,10 @@ def print_finals(config, run, finals, final_scores):
     rank_obj = objective_values("rank_mean", both, caps_all, config.search.capability_weights)[-len(finals):]
     mean_obj = objective_values("weighted", final_rows, caps_all, config.search.capability_weights)
     print()
-    print(f"Models trained with the reference recipe ({config.train.reference.tokens:,} tokens) on three mixtures, "
-          "held-out bits per byte (lower is better)")
+    print(f"Models trained with the reference recipe ({config.train.reference.tokens:,} tokens) on three data "
+          "mixtures, held-out bits per byte (lower is better)")
     bench = [b.name for b in bench_order]
-    head = "| mixture | weights | " + " | ".join(bench) + " | mean capability | rank-mean objective |"
+    head = "| mixture | data mixture | " + " | ".join(bench) + " | mean capability | rank-mean objective |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for i, (name, m) in enumerate(finals.items()):
@@ -256,9 +301,10 @@ def print_targets(result, rank_obj, mean_obj) -> None:
     rank_ok = rank_obj[0] >= max(rank_obj[1:])
     mean_ok = mean_obj[0] >= max(mean_obj[1:])
     print()
+    verdict = ("not measured (no trained-proxy budget costs as much as DeMix here)" if not costly else
+               "MET" if ahead else "NOT MET (tied: the paired CI contains 0)" if tied else "NOT MET (behind)")
     print(f"targets: merged macro rho >= 0.85: {'MET' if merged.defined and merged.value >= 0.85 else 'NOT MET'} "
-          f"({merged.value:.3f}); merged ahead of trained proxies of >= compute (paired CI above 0): "
-          f"{'MET' if ahead else 'NOT MET (tied: the paired CI contains 0)' if tied else 'NOT MET (behind)'}; "
+          f"({merged.value:.3f}); merged ahead of trained proxies of >= compute (paired CI above 0): {verdict}; "
           f"chosen no worse than natural and uniform: on the search's objective "
           f"(rank-mean): {'MET' if rank_ok else 'NOT MET'}, on the mean capability score: "
           f"{'MET' if mean_ok else 'NOT MET'}")

@@ -4,7 +4,7 @@ usage: python _pg_search_worker.py RUN_DIR STORE_URL CALLS_FILE SLEEP GO_FILE
 
 Signals readiness with RUN_DIR/ready.<pid>, waits for GO_FILE so that both drivers start
 together, then runs the search; each scorer call appends "<mixture key> <pid>" to CALLS_FILE.
-Prints the chosen weights as JSON.
+Prints the chosen component weights as JSON.
 """
 
 import json
@@ -36,4 +36,4 @@ config = config.model_copy(update={"store": config.store.model_copy(update={"url
 while not go.exists():
     time.sleep(0.05)
 result = run_search(config, RunDir(run_dir), scorer, TOKENS)
-print(json.dumps({"weights": result.weights, "evaluated_now": result.evaluated_now}))
+print(json.dumps({"component_weights": result.component_weights, "evaluated_now": result.evaluated_now}))

@@ -8,12 +8,13 @@ from demix.config import config_from_dict
 
 DOMAINS = ["general", "math", "code"]
 TOKENS = {"general": 600, "math": 200, "code": 200}
-#: The synthetic capabilities peak near this mixture.
+#: The synthetic capabilities peak near these component weights.
 OPTIMUM = {"general": 0.5, "math": 0.3, "code": 0.2}
 
 
 def synthetic_result(m, noise=0.0, rng=None):
-    """Capabilities that are smooth functions of the weights; benchmarks are losses (lower is better)."""
+    """Capabilities that are smooth functions of the component weights (peaking at OPTIMUM);
+    benchmarks are losses (lower is better)."""
     g, ma, c = m["general"], m["math"], m["code"]
     general = 1 - 4 * (g - 0.5) ** 2
     math = 1 - 6 * (ma - 0.3) ** 2 - 0.5 * (g - 0.5) ** 2
@@ -42,8 +43,9 @@ def distance(weights, target=OPTIMUM):
 
 
 def golden_search(run_dir):
-    """The search behind ``tests/golden/best_mixture_search.json`` (written by demix before the
-    search became a package): noise-free scorer, document counts on disk, a constraint on natural.
+    """The search behind ``tests/golden/best_mixture_search.json`` (written by demix 0.2: both
+    mixtures; ``best_mixture_search_v0.1.json`` is what demix 0.1 wrote for it, component weights
+    labelled as token shares): noise-free scorer, document counts on disk, a constraint on natural.
     Returns (config, run, token counts); run it with ``run_search(config, run, synthetic_result, tokens)``."""
     import json
 

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -68,3 +70,22 @@ def test_inline_json_weights_must_be_numbers():
     with pytest.raises(DemixError, match="weight 'x' for 'math' is not a number"):
         parse_mixture('{"general": 0.5, "math": "x"}')
     assert parse_mixture('{"general": 1, "math": 0}') == {"general": 1.0, "math": 0.0}
+
+
+def test_a_best_mixture_file_gives_the_mixture_asked_for(tmp_path):
+    """`-m best_mixture.json`: merge and eval take the component weights, training takes the data
+    mixture; a demix < 0.2 file's `weights` are component weights and never a data mixture."""
+    from demix.mixtures import parse_mixture
+
+    new = tmp_path / "best_mixture.json"
+    new.write_text(json.dumps({"data_mixture": {"general": 0.6, "math": 0.4},
+                               "component_weights": {"general": 0.2, "math": 0.8}}))
+    assert parse_mixture(str(new)) == {"general": 0.2, "math": 0.8}
+    assert parse_mixture(str(new), kind="data") == {"general": 0.6, "math": 0.4}
+    old = tmp_path / "old" / "best_mixture.json"
+    old.parent.mkdir()
+    old.write_text(json.dumps({"weights": {"general": 0.2, "math": 0.8}}))
+    assert parse_mixture(str(old)) == {"general": 0.2, "math": 0.8}
+    with pytest.raises(DemixError, match="written by demix < 0.2: its 'weights' are the component weights") as err:
+        parse_mixture(str(old), kind="data")
+    assert "rerun `demix search`" in err.value.fix

@@ -47,10 +47,39 @@ def test_constraint_semantics():
     baselines = {"natural": {"math": 0.3, "general": 0.0, "code": 0.0}}
     cs = parse_constraints(["math >= natural", "weight.general >= 0.3", "code<0.5"], CAPS, DOMS)
     assert [c.left for c in cs] == ["math", "weight.general", "code"]
+    assert cs[1].on_data and not cs[1].on_component and cs[1].domain == "general" and cs[0].domain is None
     np.testing.assert_array_equal(feasible(cs[:1], weights, scores, CAPS, DOMS, baselines), [True, True, False])
+    # Without a map (the identity) the data mixture is the component weights.
     np.testing.assert_array_equal(feasible(cs[1:2], weights, scores, CAPS, DOMS, baselines), [True, False, True])
     np.testing.assert_array_equal(feasible(cs, weights, scores, CAPS, DOMS, baselines), [True, False, False])
     assert parse_constraint("code > 1e-2", CAPS, DOMS).right == pytest.approx(0.01)
+
+
+def test_weight_reads_the_data_mixture_and_component_the_component_weight():
+    """On a known pool with the standard recipe (general share 0.5): data[general] = 0.5 + 0.5 a_g,
+    data[d] = 0.5 a_d."""
+    from demix.data_mixture import MixtureMap
+
+    mapping = MixtureMap.standard(DOMS, "general", 0.5)
+    pool = np.array([[0.2, 0.6, 0.2], [0.5, 0.1, 0.4], [0.0, 0.3, 0.7], [0.8, 0.2, 0.0]])
+    # data mixtures:  general 0.6, 0.75, 0.5, 0.9; math 0.3, 0.05, 0.15, 0.1; code 0.1, 0.2, 0.35, 0.0
+    scores = np.zeros((4, 3))
+
+    def ok(*texts, baselines=None):
+        return feasible(parse_constraints(list(texts), CAPS, DOMS), pool, scores, CAPS, DOMS, baselines, mapping).tolist()
+
+    assert ok("weight.general >= 0.6") == [True, True, False, True]
+    assert ok("component.general >= 0.6") == [False, False, False, True]
+    assert ok("weight.math > 0.12") == [True, False, True, False]
+    assert ok("component.math > 0.12") == [True, False, True, True]
+    assert ok("weight.code <= 0.2", "component.code >= 0.2") == [True, True, False, False]
+    # natural / uniform compare with the baseline's data mixture (weight.) or component weights (component.).
+    natural = {"natural": {"weight.general": 0.6, "component.general": 0.2, "math": 0.0}}
+    assert ok("weight.general > natural", baselines=natural) == [False, True, False, True]
+    assert ok("component.general > natural", baselines=natural) == [False, True, False, True]
+    assert ok("component.general <= natural", baselines=natural) == [True, False, True, False]
+    with pytest.raises(DemixError, match="mapping is for domains"):
+        feasible([], pool, scores, CAPS, DOMS, None, MixtureMap.standard(["general", "math"], "general", 0.5))
 
 
 @pytest.mark.parametrize(
@@ -58,13 +87,24 @@ def test_constraint_semantics():
     [
         ("reasoning >= natural", "unknown capability 'reasoning'"),
         ("weight.web >= 0.3", "unknown domain 'web'"),
+        ("component.web >= 0.3", "unknown domain 'web'"),
         ("math => 0.3", "cannot parse"),
         ("math >= best", "unknown value 'best'"),
     ],
 )
 def test_bad_constraints(text, match):
-    with pytest.raises(DemixError, match=match):
+    with pytest.raises(DemixError, match=match) as err:
         parse_constraint(text, CAPS, DOMS)
+    if "best" not in text:  # every error about the left side names both forms
+        assert "weight." in err.value.fix and "component." in err.value.fix, err.value.fix
+
+
+def test_which_constraints_read_the_data_mixture():
+    from demix.objectives import reads_data_mixture
+
+    assert [reads_data_mixture(t) for t in ("weight.math <= 0.2", "component.math <= 0.2", "math >= natural",
+                                            "component.code >= uniform", "code >= 0.4", "garbage")] == [
+        True, False, True, True, False, True]
 
 
 def _brute_front(s):

@@ -138,14 +138,22 @@ def test_run_killed_between_and_inside_stages_resumes_to_a_complete_run(tmp_path
     log = (root / "logs/demix.log").read_text()
     assert log.count("stage train base: already done, skipped") == 2  # invocations (b) and (c)
 
-    # The chosen mixture is a valid mixture over the run's domains, with baselines and CV errors.
+    # The chosen mixture: component weights and the data mixture they stand for (each component
+    # trained on half general data: data = a @ M), with baselines and CV errors.
     best = read_json(run.best_mixture)
-    w = best["weights"]
-    assert list(w) == list(DOMAINS) and all(v >= 0 for v in w.values()) and sum(w.values()) == pytest.approx(1, abs=1e-9)
+    a, data = best["component_weights"], best["data_mixture"]
+    for w in (a, data):
+        assert list(w) == list(DOMAINS) and all(v >= 0 for v in w.values()) and sum(w.values()) == pytest.approx(1, abs=1e-9)
+    assert data["general"] == pytest.approx(a["general"] + 0.5 * (1 - a["general"]))
+    assert all(data[d] == pytest.approx(0.5 * a[d]) for d in DOMAINS if d != "general")
+    assert best["mapping"]["region"] == "data mixtures with general >= 0.5"
     assert set(best["baselines"]) == {"natural", "uniform"}
     tokens = {d: read_json(root / f"data/{d}/train.meta.json")["tokens"] for d in DOMAINS}
+    natural = best["baselines"]["natural"]
     for d in DOMAINS:
-        assert best["baselines"]["natural"]["weights"][d] == pytest.approx(tokens[d] / sum(tokens.values()))
+        assert natural["data_target"][d] == pytest.approx(tokens[d] / sum(tokens.values()))
+        if natural["reachable"]:
+            assert natural["data_mixture"][d] == pytest.approx(natural["data_target"][d])
     for c in DOMAINS:
         assert best["predicted"]["capabilities"][c]["cv_n"] == len(keys)
 
@@ -221,8 +229,10 @@ def test_search_is_complete_only_for_the_same_search_plan(tmp_path):
     assert result.evaluated_now == 0 and search_is_complete(config, run)  # resumed from the store
     console.print(comparison_table(BestMixture.read(run.best_mixture)))
     text = console.export_text()
-    for word in ("chosen", "natural", "uniform", "weight general", "predicted math", "CV RMSE", "(12)"):
-        assert word in text, word
+    for word in ("chosen", "natural", "uniform (nearest reachable)", "data general", "component general", "predicted math",
+                 "CV RMSE", "(12)", "The proxies stand for data mixtures with general >= 0.5.",
+                 "is shown at its nearest reachable data mixture"):
+        assert word in " ".join(text.split()), word
 
 
 def test_demo_unknown_preset_is_a_clear_error(tmp_path, capsys):

@@ -166,6 +166,6 @@ def test_two_search_drivers_evaluate_each_mixture_once(url, tmp_path):
     assert len(by_driver) == 2, f"one driver did all the work: {by_driver}"
     assert sum(r["evaluated_now"] for r in results) == len(lines) == 12
     # Both drivers fitted the same evaluations, so they chose the same mixture.
-    assert results[0]["weights"] == pytest.approx(results[1]["weights"], abs=1e-12)
+    assert results[0]["component_weights"] == pytest.approx(results[1]["component_weights"], abs=1e-12)
     with Store(url) as s:
         assert s.count() == 12 and s.count(status="pending") == 0

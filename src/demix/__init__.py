@@ -7,6 +7,6 @@ need (``demix.merging``, ``demix.evaluation``, ``demix.search``, ...) to get its
 from demix.config import RunConfig, load_config
 from demix.errors import DemixError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["DemixError", "RunConfig", "load_config", "__version__"]

@@ -195,6 +195,12 @@ class ComponentRecipe(TrainRecipe):
     paths: dict[str, str] = Field(default_factory=dict)
     """Components trained elsewhere: domain name -> HF checkpoint directory. Those domains are not trained."""
 
+    mixtures: dict[str, dict[str, float]] = Field(default_factory=dict)
+    """Training mixtures (token shares) of the components trained elsewhere (`paths`): domain ->
+    {domain: share}, e.g. {math: {general: 0.3, math: 0.7}}. A component of `paths` without one
+    (and without a demix.json recording it) is assumed to follow `general_share`, with a warning.
+    The data mixture a proxy stands for is computed from these."""
+
 
 class CommandTrainerConfig(StrictModel):
     template: str | None = None
@@ -341,22 +347,29 @@ class MergeConfig(StrictModel):
 
 
 class BoundsConfig(StrictModel):
+    """Bounds on the DATA MIXTURE the proxies stand for (token shares of the training data, what
+    a model trained on it sees), mapped exactly onto the component weights the search samples.
+    Only data mixtures the components can reach are allowed (with the standard recipe: general
+    >= train.components.general_share); a bound outside them is an error naming the region."""
+
     lower: dict[str, float] = Field(default_factory=dict)
-    """Domain -> minimum weight."""
+    """Domain -> minimum token share in the data mixture."""
 
     upper: dict[str, float] = Field(default_factory=dict)
-    """Domain -> maximum weight."""
+    """Domain -> maximum token share in the data mixture."""
 
     pinned: dict[str, float] = Field(default_factory=dict)
-    """Domain -> fixed weight."""
+    """Domain -> fixed token share in the data mixture (only for a domain whose share depends on
+    one component weight: every domain with the standard recipe)."""
 
     max_epochs: float | None = Field(default=None, gt=0)
-    """Upper bound from data size: weight <= max_epochs x domain tokens / target_tokens."""
+    """Upper bound from data size: data share <= max_epochs x domain tokens / target_tokens."""
 
 
 class SamplerConfig(StrictModel):
     prior: Literal["tokens", "uniform"] = "tokens"
-    """Centre of the Dirichlet sampling: domain token shares or uniform."""
+    """Centre of the Dirichlet sampling of the component weights: the domains' token shares (a
+    prior over component weights, not a data mixture) or uniform."""
 
     temperature: float = Field(default=1.0, gt=0)
     """Prior temperature: prior ** (1/T), renormalised (T > 1 flattens)."""
@@ -368,10 +381,10 @@ class SamplerConfig(StrictModel):
     """Largest Dirichlet concentration strength (large: samples near the prior)."""
 
     min_weight: float = Field(default=0.0, ge=0, lt=1)
-    """Weights below this are set to 0 and the rest renormalised."""
+    """Component weights below this are set to 0 and the rest renormalised."""
 
     granularity: float | None = Field(default=None, gt=0, lt=1)
-    """Round weights to multiples of this (e.g. 0.01). None: no rounding."""
+    """Round the component weights to multiples of this (e.g. 0.01). None: no rounding."""
 
 
 class SearchConfig(StrictModel):
@@ -402,7 +415,9 @@ class SearchConfig(StrictModel):
     """Capability -> weight for the objective (empty: equal weights)."""
 
     constraints: list[str] = Field(default_factory=list)
-    """Constraints such as `math >= natural`, `code >= 0.4` (capability scores) or `weight.general >= 0.3`."""
+    """Constraints such as `math >= natural`, `code >= 0.4` (capability scores), `weight.general >= 0.6`
+    (a token share of the candidate's data mixture) or `component.code <= 0.5` (a component weight);
+    `natural` / `uniform` are the baselines' values (data mixtures, or their component weights)."""
 
     target_tokens: int | None = Field(default=None, gt=0)
     """Token budget of the final training run (for token counts and epochs in best_mixture.json)."""
@@ -411,7 +426,8 @@ class SearchConfig(StrictModel):
     """How candidate mixtures are sampled."""
 
     bounds: BoundsConfig = Field(default_factory=BoundsConfig)
-    """Exact bounds every sampled mixture satisfies."""
+    """Exact bounds on the data mixture every sampled candidate stands for (mapped exactly onto
+    its component weights)."""
 
     seed: int = 0
     """Seed of sampling, predictors and selection."""
@@ -440,7 +456,15 @@ class FidelityConfig(StrictModel):
     """Reference mixtures sampled with the search's sampler (in addition to `mixtures`)."""
 
     mixtures: list[dict[str, float]] = Field(default_factory=list)
-    """User-given reference mixtures (domain -> weight)."""
+    """User-given reference mixtures (domain -> token share): data mixtures under the
+    data_mixture pairing (mapped onto the component weights that stand for them; one that
+    merging cannot reach is an error), component weights under component_weights."""
+
+    pairing: Literal["data_mixture", "component_weights"] = "data_mixture"
+    """What each reference model is trained on. data_mixture: the data the merged proxy of
+    component weights a stands for, data(a) = sum_i a_i x (component i's training mixture).
+    component_weights: a itself taken as a data mixture (the pairing before 0.2, kept for
+    comparison)."""
 
     trained_proxy_budgets: list[Annotated[int, Field(gt=0)]] = Field(default_factory=list)
     """Token budgets of training-based proxies compared against merged proxies (empty: trained_proxy.tokens)."""

@@ -1,7 +1,11 @@
 """Mixtures: validation, keys, parsing, the token-proportional prior, and rows <-> dicts.
 
 A mixture is a dict ``{domain: weight}`` with non-negative weights summing to 1, every domain
-known. Weights are token shares: the fraction of training tokens drawn from each domain.
+known. It is one of two kinds, never blurred (:mod:`demix.data_mixture`): *component weights*,
+the merge coefficients of a proxy (what the search samples and ranks, and what
+:func:`mixture_key` keys the store's proxies by), or a *data mixture*, token shares of training
+data (what a model is trained on; a proxy of component weights ``a`` stands for the data
+mixture ``a @ M``). The functions here work on either; the caller says which it holds.
 Sampling inside bounds is :mod:`demix.sampling`.
 """
 
@@ -64,9 +68,11 @@ def mixture_key(mixture: Mapping[str, float], digits: int = 6) -> str:
     return hashlib.sha1(json.dumps(canon, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def parse_mixture(text: str) -> dict[str, float]:
+def parse_mixture(text: str, kind: str = "components") -> dict[str, float]:
     """Parse a mixture from the command line: JSON (``{"general": 0.5, ...}``), a path to a
-    JSON file (a ``best_mixture.json`` too: its ``weights``), or ``general=0.5,math=0.3,code=0.2``.
+    JSON file, or ``general=0.5,math=0.3,code=0.2``. From a ``best_mixture.json`` it takes the
+    ``component_weights`` (``kind="components"``: what a proxy is merged from) or the
+    ``data_mixture`` (``kind="data"``: what a model is trained on).
 
     Every CLI option that takes a mixture comes here. A domain given twice is an error (JSON and
     pairs alike would otherwise keep the last value without a word), and so is a weight that is
@@ -75,7 +81,7 @@ def parse_mixture(text: str) -> dict[str, float]:
     if text.startswith("{"):
         return _json_mixture(text, f"mixture '{text}'", 'write it as {"general": 0.5, "math": 0.5}')
     if text.endswith(".json"):
-        return _mixture_file(Path(text))
+        return _mixture_file(Path(text), kind)
     return _pairs_mixture(text)
 
 
@@ -97,7 +103,7 @@ def _pairs_mixture(text: str) -> dict[str, float]:
     return data
 
 
-def _mixture_file(path: Path) -> dict[str, float]:
+def _mixture_file(path: Path, kind: str = "components") -> dict[str, float]:
     if not path.is_file():
         raise DemixError(f"mixture file '{path}' does not exist", "pass an existing JSON file or domain=weight pairs")
     fix = 'write the file as {"general": 0.5, "math": 0.5} (or pass a best_mixture.json)'
@@ -105,19 +111,20 @@ def _mixture_file(path: Path) -> dict[str, float]:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise DemixError(f"mixture file '{path}' cannot be read ({exc})", fix) from None
-    return _json_mixture(text, f"mixture file '{path}'", fix, best_mixture=True)
+    return _json_mixture(text, f"mixture file '{path}'", fix, best_mixture=kind)
 
 
-def _json_mixture(text: str, what: str, fix: str, best_mixture: bool = False) -> dict[str, float]:
-    """``{domain: weight}`` from JSON text; ``what`` names the source in errors."""
+def _json_mixture(text: str, what: str, fix: str, best_mixture: str | None = None) -> dict[str, float]:
+    """``{domain: weight}`` from JSON text; ``what`` names the source in errors. With
+    ``best_mixture`` ("components" or "data") a best_mixture.json gives that mixture."""
     try:
         data = loads_json(text)
     except DuplicateKeyError as exc:
         raise DemixError(f"domain '{exc.key}' is given twice in the {what}", "give each domain once") from None
     except json.JSONDecodeError as exc:
         raise DemixError(f"{what} is not valid JSON ({exc})", fix) from None
-    if best_mixture and isinstance(data, dict) and "weights" in data:  # a best_mixture.json
-        data = data["weights"]
+    if best_mixture and isinstance(data, dict) and {"weights", "component_weights", "data_mixture"} & set(data):
+        data = _best_mixture_part(data, best_mixture, what)
     if not isinstance(data, dict):
         raise DemixError(f"{what} is not a mapping of domain to weight", fix)
     out = {}
@@ -132,7 +139,8 @@ def _json_mixture(text: str, what: str, fix: str, best_mixture: bool = False) ->
 def prior_weights(
     domains: Sequence[str], kind: str = "tokens", token_counts: Mapping[str, float] | None = None
 ) -> np.ndarray:
-    """The sampling centre before temperature: token shares (``tokens``) or ``uniform``."""
+    """The sampling centre of the component weights before temperature: the domains' token
+    shares (``tokens``; a prior over component weights, not a data mixture) or ``uniform``."""
     if kind == "uniform":
         return np.full(len(domains), 1.0 / len(domains))
     if kind != "tokens":
@@ -154,3 +162,25 @@ def rows_to_mixtures(domains: Sequence[str], weights: np.ndarray) -> list[dict[s
 def mixtures_to_rows(domains: Sequence[str], mixtures: Sequence[Mapping[str, float]]) -> np.ndarray:
     """``{domain: weight}`` dicts as an (n, K) array (missing domains: 0)."""
     return np.array([[float(m.get(d, 0.0)) for d in domains] for m in mixtures], dtype=float).reshape(len(mixtures), len(domains))
+
+
+def _best_mixture_part(data: Mapping[str, object], kind: str, what: str) -> object:
+    """The component weights or the data mixture of a best_mixture.json's JSON object. A file of
+    demix < 0.2 holds ``weights``, which were component weights: never taken as a data mixture."""
+    if kind == "components":
+        if "component_weights" in data:
+            return data["component_weights"]
+        if "weights" in data:
+            return data["weights"]
+        raise DemixError(f"the {what} holds no component_weights (only a data mixture)",
+                         "pass the component weights to merge, or the best_mixture.json a search wrote")
+    if "data_mixture" in data:
+        return data["data_mixture"]
+    if "weights" in data:
+        raise DemixError(
+            f"the {what} was written by demix < 0.2: its 'weights' are the component weights of the merged proxies, "
+            "not the data mixture to train on",
+            "rerun `demix search` on its run directory (nothing is evaluated again) to write the data mixture",
+        )
+    raise DemixError(f"the {what} holds no data_mixture", "pass a data mixture, or rerun `demix search`")
+

@@ -1,7 +1,9 @@
 """Objectives over a candidate pool: which predicted mixture is best.
 
 Inputs are predicted capability scores, an (n, C) array on the higher-is-better scale with the
-capability names in column order, and the pool's weights (n, K).
+capability names in column order, and the pool's component weights (n, K) (the merge
+coefficients the predictors were fitted on; their data mixtures are ``weights @ M``,
+:mod:`demix.data_mixture`).
 
 - ``rank_mean`` (the DeMix paper's objective): for each capability the percentile rank of every
   candidate within the pool (0..1, ties share their mean rank), then the (weighted) mean over
@@ -9,8 +11,10 @@ capability names in column order, and the pool's weights (n, K).
 - ``weighted``: the weighted mean of the raw capability scores (the user chooses the scales).
 
 Constraints filter candidates before ranking. Grammar: ``LEFT OP RIGHT`` where LEFT is a
-capability name or ``weight.<domain>``, OP one of ``>= <= > <``, RIGHT a number, ``natural``
-(the natural mixture's predicted value of LEFT) or ``uniform``.
+capability name, ``weight.<domain>`` (the domain's token share in the candidate's DATA MIXTURE,
+what a model trained on it sees) or ``component.<domain>`` (the candidate's component weight),
+OP one of ``>= <= > <``, RIGHT a number, ``natural`` (the natural baseline's value of LEFT: its
+predicted capability, its data share or its component weight) or ``uniform``.
 """
 
 from __future__ import annotations
@@ -21,9 +25,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from demix.data_mixture import MixtureMap
 from demix.errors import DemixError
 
 OBJECTIVES = ("rank_mean", "weighted")
+#: Prefixes of a constraint's left side: a data share, a component weight.
+DATA_PREFIX = "weight."
+COMPONENT_PREFIX = "component."
+#: How to write a constraint (every parsing error says it).
+CONSTRAINT_FORMS = (
+    "write CAPABILITY OP VALUE, weight.DOMAIN OP VALUE (the domain's token share in the data mixture) or "
+    "component.DOMAIN OP VALUE (its component weight), with OP one of >= <= > < and VALUE a number, 'natural' or "
+    "'uniform' (e.g. 'math >= natural', 'weight.general >= 0.6', 'component.code <= 0.5')"
+)
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z0-9_.:-]+)\s*(>=|<=|>|<)\s*([A-Za-z_]+|[-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*$")
 
 
@@ -77,7 +91,8 @@ def objective_values(
 
 @dataclass(frozen=True)
 class Constraint:
-    """One parsed constraint: ``left op right``; left is a capability or ``weight.<domain>``."""
+    """One parsed constraint: ``left op right``; left is a capability, ``weight.<domain>`` (a
+    data share) or ``component.<domain>`` (a component weight)."""
 
     text: str
     left: str
@@ -85,8 +100,22 @@ class Constraint:
     right: str | float
 
     @property
-    def on_weight(self) -> bool:
-        return self.left.startswith("weight.")
+    def on_data(self) -> bool:
+        """LEFT is a token share of the candidate's data mixture (``weight.<domain>``)."""
+        return self.left.startswith(DATA_PREFIX)
+
+    @property
+    def on_component(self) -> bool:
+        """LEFT is a component weight of the candidate (``component.<domain>``)."""
+        return self.left.startswith(COMPONENT_PREFIX)
+
+    @property
+    def domain(self) -> str | None:
+        """The domain of a ``weight.`` / ``component.`` constraint (None for a capability)."""
+        for prefix in (DATA_PREFIX, COMPONENT_PREFIX):
+            if self.left.startswith(prefix):
+                return self.left[len(prefix):]
+        return None
 
     def threshold(self, baselines: Mapping[str, Mapping[str, float]]) -> float:
         """The right-hand side as a number; ``natural`` / ``uniform`` looked up in ``baselines``
@@ -102,23 +131,25 @@ class Constraint:
 
 
 def parse_constraint(text: str, capabilities: Sequence[str], domains: Sequence[str]) -> Constraint:
-    """Parse ``math >= natural``, ``code >= 0.4``, ``weight.general >= 0.3``; unknown names are errors."""
+    """Parse ``math >= natural``, ``code >= 0.4``, ``weight.general >= 0.6`` (a data share),
+    ``component.code <= 0.5`` (a component weight); unknown names are errors."""
     m = _CONSTRAINT.match(text)
     if not m:
-        raise DemixError(
-            f"cannot parse constraint '{text}'",
-            "write CAPABILITY OP VALUE or weight.DOMAIN OP VALUE, with OP one of >= <= > < and VALUE a number, "
-            "'natural' or 'uniform' (e.g. 'math >= natural', 'weight.general >= 0.3')",
-        )
+        raise DemixError(f"cannot parse constraint '{text}'", CONSTRAINT_FORMS)
     left, op, raw = m.groups()
-    if left.startswith("weight."):
-        domain = left[len("weight.") :]
+    prefix = next((p for p in (DATA_PREFIX, COMPONENT_PREFIX) if left.startswith(p)), None)
+    if prefix is not None:
+        domain = left[len(prefix) :]
         if domain not in domains:
-            raise DemixError(f"constraint '{text}' names unknown domain '{domain}'", f"use one of the run's domains {list(domains)}")
+            raise DemixError(
+                f"constraint '{text}' names unknown domain '{domain}'",
+                f"use one of the run's domains {list(domains)} after weight. (data share) or component. (component weight)",
+            )
     elif left not in capabilities:
         raise DemixError(
             f"constraint '{text}' names unknown capability '{left}'",
-            f"use a capability ({list(capabilities)}) or weight.<domain>",
+            f"use a capability ({list(capabilities)}), weight.<domain> (a data share) or component.<domain> "
+            "(a component weight)",
         )
     try:
         right: str | float = float(raw)
@@ -127,6 +158,17 @@ def parse_constraint(text: str, capabilities: Sequence[str], domains: Sequence[s
             raise DemixError(f"constraint '{text}': unknown value '{raw}'", "use a number, 'natural' or 'uniform'") from None
         right = raw
     return Constraint(text, left, op, right)
+
+
+def reads_data_mixture(text: str) -> bool:
+    """True when constraint ``text`` depends on the map from component weights to the data
+    mixture: it reads a data share (``weight.<domain>``) or compares with a baseline (``natural``,
+    ``uniform``: data mixtures). A text that does not parse counts as True (it is refused later)."""
+    m = _CONSTRAINT.match(text)
+    if not m:
+        return True
+    left, _, right = m.groups()
+    return left.startswith(DATA_PREFIX) or right in ("natural", "uniform")
 
 
 def parse_constraints(texts: Sequence[str], capabilities: Sequence[str], domains: Sequence[str]) -> list[Constraint]:
@@ -141,14 +183,27 @@ def feasible(
     capabilities: Sequence[str],
     domains: Sequence[str],
     baselines: Mapping[str, Mapping[str, float]] | None = None,
+    mapping: MixtureMap | None = None,
 ) -> np.ndarray:
-    """Boolean per candidate: every constraint holds. ``baselines`` holds the predicted
-    capabilities and weights of the ``natural`` and ``uniform`` mixtures ({name: {key: value}},
-    keys are capability names and ``weight.<domain>``)."""
+    """Boolean per candidate: every constraint holds. ``weights`` are the candidates' component
+    weights; ``weight.<domain>`` reads their data mixtures ``weights @ mapping.matrix`` (None:
+    the identity, component weights are the data mixture), ``component.<domain>`` the weights
+    themselves. ``baselines`` holds, for the ``natural`` and ``uniform`` baselines, the predicted
+    capabilities, ``weight.<domain>`` (their data mixture) and ``component.<domain>`` (their
+    component weights) ({name: {key: value}})."""
+    domains = list(domains)
+    if mapping is not None and list(mapping.domains) != domains:
+        raise DemixError(f"the component mapping is for domains {list(mapping.domains)}, not {domains}",
+                         "build it for the run's domains")
     ok = np.ones(len(weights), dtype=bool)
+    data: np.ndarray | None = None
     for c in constraints:
-        if c.on_weight:
-            values = weights[:, list(domains).index(c.left[len("weight.") :])]
+        if c.on_data:
+            if data is None:  # computed once, only when a constraint reads it
+                data = mapping.to_data(weights) if mapping is not None else np.asarray(weights, dtype=np.float64)
+            values = data[:, domains.index(c.left[len(DATA_PREFIX):])]
+        elif c.on_component:
+            values = weights[:, domains.index(c.left[len(COMPONENT_PREFIX):])]
         else:
             values = scores[:, list(capabilities).index(c.left)]
         ok &= c.holds(values, baselines or {})
@@ -177,7 +232,8 @@ def pareto_front(scores: np.ndarray) -> np.ndarray:
 
 
 def select_top_k(weights: np.ndarray, values: np.ndarray, k: int) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
-    """The chosen mixture: the mean of the ``k`` candidates with the highest objective.
+    """The chosen mixture: the mean of the component weights of the ``k`` candidates with the
+    highest objective (its data mixture is the mean of theirs: the map is linear).
 
     Returns (mean weights (K,), spread {"std", "min", "max"} per domain, indices of the top-k,
     best first). Candidates with a non-finite objective (infeasible) are never chosen.

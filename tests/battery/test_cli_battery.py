@@ -160,7 +160,7 @@ def test_a_domain_given_twice_in_the_data_prefixes_is_refused(finished, tmp_path
 
 def test_a_best_mixture_with_a_domain_given_twice_is_refused(tmp_path):
     best = tmp_path / "best_mixture.json"
-    best.write_text('{"weights": {"general": 0.3, "math": 0.7, "general": 0.7}}')
+    best.write_text('{"data_mixture": {"general": 0.3, "math": 0.7, "general": 0.7}}')
     before = snapshot(tmp_path)
     result = cli("export", str(best), "--to", "json")
     clean_error(result, 1, str(best), "key 'general' is given twice")
@@ -255,7 +255,7 @@ def _garbage(path: Path) -> None:
 
 def _weight_not_a_number(path: Path) -> None:
     data = json.loads(path.read_text())
-    data["weights"]["math"] = "lots"
+    data["data_mixture"]["math"] = "lots"
     path.write_text(json.dumps(data))
 
 
@@ -339,10 +339,29 @@ def test_export_of_a_finished_run_to_each_format(finished, tmp_path, fmt):
     assert sorted(p.name for p in out.parent.iterdir()) == [out.name]
 
 
-def test_export_to_the_terminal_is_the_weights(finished):
+def test_export_to_the_terminal_is_the_data_mixture(finished):
     result = cli("export", str(finished), "--to", "json")
     weights = json.loads(result.out)
     assert result.code == 0 and set(weights) == {"general", "math", "code"} and sum(weights.values()) == pytest.approx(1.0, abs=1e-5)
+    best = json.loads((finished / "best_mixture.json").read_text())
+    assert weights == pytest.approx(best["data_mixture"], abs=1e-6)
+    assert weights["general"] > best["component_weights"]["general"]  # the components hold general data too
+    assert "data mixture: token shares of the training data" in result.err  # stdout is the file alone
+    result = cli("export", str(finished), "--to", "json", "--weights", "components")
+    assert result.code == 0 and json.loads(result.out) == pytest.approx(best["component_weights"], abs=1e-6)
+    assert "component weights" in result.err
+
+
+def test_export_of_a_best_mixture_before_demix_0_2_is_refused_and_names_the_way_out(finished, tmp_path):
+    path = finished / "best_mixture.json"
+    best = json.loads(path.read_text())
+    path.write_text(json.dumps({"weights": best["component_weights"], "target_tokens": best["target_tokens"]}))
+    before = snapshot(tmp_path)
+    result = cli("export", str(finished), "--to", "nemo", "--out", str(tmp_path / "mix.yaml"))
+    clean_error(result, 1, f"'{path}' was written by demix < 0.2", "not the data mixture to train on",
+                "rerun `demix search`", "--weights components")
+    assert_unchanged(before, snapshot(tmp_path))
+    assert not (tmp_path / "mix.yaml").exists()
 
 
 def test_a_search_of_a_finished_run_evaluates_nothing_and_exits_0(finished, tmp_path):

@@ -82,7 +82,7 @@ def test_a_resumed_local_search_loads_no_model(local_result):
     assert result.evaluated_now == result.evaluations == 9 and result.setup_seconds > 0
     again = search(config, run)
     assert again.evaluated_now == 0 and again.setup_seconds == 0.0  # every evaluation was in the store
-    assert again.weights == pytest.approx(result.weights)
+    assert again.component_weights == pytest.approx(result.component_weights)
 
 
 def test_ray_gives_the_local_store_and_a_killed_actor_loses_nothing(tiny, local_result, cluster, tmp_path):
@@ -111,7 +111,7 @@ def test_ray_gives_the_local_store_and_a_killed_actor_loses_nothing(tiny, local_
         assert s.count(status="pending") == 0
     for r in (0, 1):
         assert (run.round_dir(r) / "planned.json").read_text() == (lrun.round_dir(r) / "planned.json").read_text()
-    assert result.weights == pytest.approx(lresult.weights, abs=1e-6)
+    assert result.component_weights == pytest.approx(lresult.component_weights, abs=1e-6)
 
 
 def test_search_with_executor_kind_ray_evaluates_on_ray_actors(tiny, local_result, cluster, tmp_path, monkeypatch):
@@ -135,7 +135,7 @@ def test_search_with_executor_kind_ray_evaluates_on_ray_actors(tiny, local_resul
     assert len(set(pids)) == 2 and os.getpid() not in pids
     assert result.evaluated_now == 9 and result.setup_seconds > 0  # the actors' start-up
     assert sorted(rows(config, run)) == sorted(rows(lconfig, lrun))
-    assert result.weights == pytest.approx(lresult.weights, abs=1e-6)
+    assert result.component_weights == pytest.approx(lresult.component_weights, abs=1e-6)
 
 
 def test_make_executor_builds_ray_actors_from_the_config(tiny, cluster, tmp_path):

@@ -18,6 +18,7 @@ from demix.fidelity.files import (
     Scores,
     SummaryRow,
     read_mixtures,
+    read_mixtures_file,
     write_compute,
     write_mixtures,
 )
@@ -29,12 +30,14 @@ from demix.rundir import RunDir
 
 
 def _mixtures(n: int = 6) -> list[ReferenceMixture]:
+    """Component weights and the data mixtures they stand for (standard recipe, general share 0.5)."""
     rng = np.random.default_rng(0)
     out = []
     for i in range(n):
         w = rng.dirichlet([1.0, 1.0])
         weights = {"general": float(w[0]), "math": float(w[1])}
-        out.append(ReferenceMixture(mixture_key(weights), weights, "given" if i == 0 else "sampled"))
+        data = {"general": 0.5 + 0.5 * weights["general"], "math": 0.5 * weights["math"]}
+        out.append(ReferenceMixture(mixture_key(weights), weights, data, "given" if i == 0 else "sampled"))
     return out
 
 
@@ -62,9 +65,13 @@ def test_fidelity_json_round_trips_in_the_documented_layout(tmp_path):
     path = RunDir(tmp_path).fidelity_files.results
     results.write(path)
     raw = json.loads(path.read_text())
-    assert list(raw) == ["version", "mixtures", "proxy_kinds", "reports", "baselines", "summary", "audit_warnings", "notes"]
-    assert raw["version"] == 1 and raw["proxy_kinds"] == [MERGED, trained(256)]
-    assert raw["mixtures"][0] == {"key": mixtures[0].key, "source": "given", "weights": mixtures[0].weights}
+    assert list(raw) == ["version", "pairing", "mapping", "mixtures", "proxy_kinds", "reports", "baselines", "summary",
+                         "audit_warnings", "notes"]
+    assert raw["version"] == 2 and raw["proxy_kinds"] == [MERGED, trained(256)] and raw["pairing"] == "data_mixture"
+    m0 = mixtures[0]
+    assert raw["mixtures"][0] == {"key": m0.key, "data_key": mixture_key(m0.data_mixture), "source": "given",
+                                  "component_weights": m0.component_weights, "data_mixture": m0.data_mixture}
+    assert m0.data_key != m0.key
     row = raw["summary"][1]
     assert list(row)[:5] == ["proxy_kind", "flops", "train_tokens", "eval_tokens", "n"]
     assert {"spearman", "kendall", "top_spearman", "crr", "merged_minus_this", "per_capability"} <= set(row)
@@ -108,16 +115,20 @@ def test_a_missing_fidelity_json_is_an_error_naming_it(tmp_path):
 def test_scores_mixtures_compute_and_kind_reports(tmp_path):
     files = RunDir(tmp_path).fidelity_files
     mixtures = _mixtures(3)
-    write_mixtures(files.mixtures, mixtures, [256, 512])
+    write_mixtures(files.mixtures, mixtures, [256, 512], "data_mixture", {"region": "data mixtures with general >= 0.5"})
     assert json.loads(files.mixtures.read_text())["trained_proxy_budgets"] == [256, 512]
     assert read_mixtures(files.mixtures) == mixtures
+    whole = read_mixtures_file(files.mixtures)
+    assert whole.pairing == "data_mixture" and whole.trained_proxy_budgets == [256, 512]
+    assert whole.mapping == {"region": "data mixtures with general >= 0.5"}
 
     s = {REFERENCE: Scores({"heldout:math": 1.2}, {"math": -1.2}), MERGED: Scores({"heldout:math": 1.3}, {"math": -1.3})}
-    scores = FidelityScores({"heldout:math": False}, ["math"], {m.key: m.weights for m in mixtures},
-                            {m.key: dict(s) for m in mixtures})
+    scores = FidelityScores({"heldout:math": False}, ["math"], {m.key: m.component_weights for m in mixtures},
+                            {m.key: m.data_mixture for m in mixtures}, {m.key: dict(s) for m in mixtures})
     scores.write(files.scores)
     raw = json.loads(files.scores.read_text())
-    assert list(raw) == ["version", "higher_is_better", "ratio_scale_capabilities", "weights", "scores"]
+    assert list(raw) == ["version", "higher_is_better", "ratio_scale_capabilities", "component_weights",
+                         "data_mixtures", "scores"]
     assert raw["scores"][mixtures[0].key][MERGED] == {"benchmarks": {"heldout:math": 1.3}, "capabilities": {"math": -1.3}}
     back = FidelityScores.read(files.scores)
     assert back == scores and back.of(mixtures[1].key, REFERENCE).capabilities == {"math": -1.2}
@@ -125,7 +136,7 @@ def test_scores_mixtures_compute_and_kind_reports(tmp_path):
         back.of(mixtures[1].key, trained(256))
 
     write_compute(files.compute, {"search_proxies": 6})
-    assert json.loads(files.compute.read_text()) == {"version": 1, "search_proxies": 6}
+    assert json.loads(files.compute.read_text()) == {"version": 2, "search_proxies": 6}
 
     report = _results(mixtures).reports[MERGED]
     report.save(files.report(MERGED))
@@ -137,3 +148,57 @@ def test_scores_mixtures_compute_and_kind_reports(tmp_path):
     files.scores.write_text("{")
     with pytest.raises(DemixError, match="scores.json"):
         FidelityScores.read(files.scores)
+
+
+def _format_1(mixtures: list[ReferenceMixture]) -> dict:
+    """fidelity.json as demix before 0.2 wrote it: one ``weights`` per mixture, no pairing."""
+    data = _results(mixtures).to_dict()
+    data["version"] = 1
+    del data["pairing"], data["mapping"]
+    data["mixtures"] = [{"key": m.key, "source": m.source, "weights": m.component_weights} for m in mixtures]
+    return data
+
+
+def test_files_of_demix_before_0_2_are_read_by_migration(tmp_path):
+    """Their ``weights`` were the component weights and, taken as data, the references' data
+    mixture: read back as both, under the component_weights pairing."""
+    files = RunDir(tmp_path).fidelity_files
+    mixtures = _mixtures(3)
+    files.root.mkdir(parents=True)
+    files.results.write_text(json.dumps(_format_1(mixtures)))
+    back = FidelityResults.read(files.results)
+    assert back.pairing == "component_weights" and back.mapping == {} and back.version == 2
+    for m, old in zip(back.mixtures, mixtures, strict=True):
+        assert m.key == old.key and m.component_weights == m.data_mixture == old.component_weights
+        assert m.data_key == m.key  # the reference was trained on the component weights as data
+    assert back.merged is not None and back.merged.macro["spearman"].n == 3
+
+    files.mixtures.write_text(json.dumps({
+        "version": 1, "trained_proxy_budgets": [256],
+        "mixtures": [{"key": m.key, "source": m.source, "weights": m.component_weights} for m in mixtures]}))
+    old_mixtures = read_mixtures_file(files.mixtures)
+    assert old_mixtures.pairing == "component_weights" and old_mixtures.trained_proxy_budgets == [256]
+    assert [m.data_mixture for m in old_mixtures.mixtures] == [m.component_weights for m in mixtures]
+
+    s = {REFERENCE: {"benchmarks": {"heldout:math": 1.2}, "capabilities": {"math": -1.2}}}
+    files.scores.write_text(json.dumps({
+        "version": 1, "higher_is_better": {"heldout:math": False}, "ratio_scale_capabilities": ["math"],
+        "weights": {m.key: m.component_weights for m in mixtures}, "scores": {m.key: s for m in mixtures}}))
+    scores = FidelityScores.read(files.scores)
+    assert scores.component_weights == scores.data_mixtures == {m.key: m.component_weights for m in mixtures}
+
+
+def test_a_fidelity_file_of_a_newer_format_is_refused_by_name(tmp_path):
+    files = RunDir(tmp_path).fidelity_files
+    files.root.mkdir(parents=True)
+    data = _results(_mixtures(3)).to_dict()
+    data["version"] = 3
+    files.results.write_text(json.dumps(data))
+    with pytest.raises(DemixError) as exc:
+        FidelityResults.read(files.results)
+    assert str(files.results) in exc.value.what and "format version 3" in exc.value.what
+    assert "upgrade demix" in exc.value.fix
+    data["version"], data["pairing"] = 2, "by_name"
+    files.results.write_text(json.dumps(data))
+    with pytest.raises(DemixError, match="unknown pairing 'by_name'"):
+        FidelityResults.read(files.results)

@@ -243,3 +243,23 @@ def test_paired_difference_of_two_proxy_kinds():
     shifted = compare({m: {c: v + 1 for c, v in s.items()} for m, s in reference.items()}, good, bootstrap=0)
     with pytest.raises(DemixError, match="other reference scores"):
         paired_difference(g, shifted)
+
+
+def test_paired_difference_across_two_sets_of_reference_models():
+    """One set of proxies against two sets of reference models on the same mixtures (the two
+    fidelity.pairing options): rho against the first minus rho against the second, on shared resamples."""
+    from demix.fidelity import paired_difference
+
+    rng = np.random.default_rng(4)
+    ids = [f"m{i}" for i in range(16)]
+    proxy = {m: {"a": float(rng.normal()), "b": float(rng.normal())} for m in ids}
+    close = {m: {c: v + float(rng.normal(0, 0.2)) for c, v in s.items()} for m, s in proxy.items()}
+    far = {m: {c: v + float(rng.normal(0, 2.0)) for c, v in s.items()} for m, s in proxy.items()}
+    x = compare(close, proxy, proxy_kind="merged", bootstrap=400, seed=1)
+    y = compare(far, proxy, proxy_kind="merged", bootstrap=400, seed=1)
+    with pytest.raises(DemixError, match="other reference scores"):
+        paired_difference(x, y)
+    d = paired_difference(x, y, same_references=False)
+    assert d.value == pytest.approx(x.macro["spearman"].value - y.macro["spearman"].value)
+    assert d.n == 16 and 0 < d.ci_low <= d.value <= d.ci_high
+    assert paired_difference(x, x, same_references=False).ci_high == 0.0

@@ -1,5 +1,9 @@
 """The fidelity stage end to end on a miniature run: hidden-32 Llama, three domains, four
-reference mixtures, two trained-proxy budgets. Real training, merging and evaluation; nothing mocked."""
+reference mixtures, two trained-proxy budgets. Real training, merging and evaluation; nothing mocked.
+
+The components follow the standard recipe at general share 0.5, so the merged proxy of component
+weights a stands for the data mixture data(a): general a_g + 0.5 (1 - a_g), every other domain
+0.5 a_d; reference models and trained proxies are trained on data(a) (pairing data_mixture)."""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from demix.store import Store
 
 SETTINGS = {
     "fidelity.num_references": 3,
-    "fidelity.mixtures": "[{general: 0.2, math: 0.6, code: 0.2}]",
+    "fidelity.mixtures": "[{general: 0.6, math: 0.3, code: 0.1}]",  # a data mixture: GIVEN_DATA
     "fidelity.trained_proxy_budgets": "[256, 512]",
     "train.reference.tokens": 1536,
     "fidelity.bootstrap": 200,
@@ -30,7 +34,21 @@ SETTINGS = {
     "evaluation.device": "cpu",
     "train.heldout_tokens": 0,
 }
+GIVEN_DATA = {"general": 0.6, "math": 0.3, "code": 0.1}
+"""The given reference mixture (fidelity.mixtures): a data mixture."""
 GIVEN = {"general": 0.2, "math": 0.6, "code": 0.2}
+"""The component weights standing for GIVEN_DATA: 0.2 + 0.5 x 0.8 = 0.6 general, 0.5 x 0.6 math, 0.5 x 0.2 code."""
+
+
+def data_of(a):
+    """data(a) of the standard recipe at general share 0.5, written out (not through demix.data_mixture)."""
+    return {d: (w + 0.5 * (1 - w)) if d == "general" else 0.5 * w for d, w in a.items()}
+
+
+def standard_map():
+    from demix.data_mixture import MixtureMap
+
+    return MixtureMap.standard(["general", "math", "code"], "general", 0.5)
 
 
 @pytest.fixture(scope="module")
@@ -80,26 +98,39 @@ def test_stage_trains_evaluates_and_writes_its_files(first):
     config, run, result, events = first
     keys = [m.key for m in result.mixtures]
     assert len(keys) == 4 and len(set(keys)) == 4
-    assert result.mixtures[0].source == "given" and result.mixtures[0].key == mixture_key(GIVEN)
+    given = result.mixtures[0]
+    assert given.source == "given" and given.key == mixture_key(GIVEN) and given.data_key == mixture_key(GIVEN_DATA)
+    assert given.component_weights == pytest.approx(GIVEN) and given.data_mixture == pytest.approx(GIVEN_DATA)
+    assert result.pairing == "data_mixture"
+    for m in result.mixtures:
+        assert m.data_mixture == pytest.approx(data_of(m.component_weights), abs=1e-12)
+        assert m.data_mixture["general"] >= 0.5 - 1e-12 and m.key != m.data_key
 
     kinds = ["merged", trained_kind(256), trained_kind(512)]
     assert sorted(result.reports) == sorted(kinds)
     # 4 references + 8 trained proxies trained; 12 evaluated + 3 merged (the 4th came from the store).
     assert result.trained_now == 12 and result.evaluated_now == 15
     assert ("merged", mixture_key(GIVEN), "reused") in events
-    for key in keys:
-        assert (run.reference(key) / "model.safetensors").is_file()
+    for m in result.mixtures:
+        # Trained on the data mixture the merged proxy stands for, and kept under its key.
+        ref = json.loads((run.reference(m.data_key) / "demix.json").read_text())
+        assert ref["role"] == "reference" and ref["mixture"] == pytest.approx(data_of(m.component_weights), abs=1e-9)
+        assert not run.reference(m.key).exists()
         for b in (256, 512):
-            prov = json.loads((run.trained_proxy(f"{key}@{b}") / "demix.json").read_text())
+            prov = json.loads((run.trained_proxy(f"{m.data_key}@{b}") / "demix.json").read_text())
             assert prov["role"] == "trained_proxy" and prov["tokens_seen"] == b
+            assert prov["mixture"] == pytest.approx(m.data_mixture, abs=1e-9)
 
     rows = _rows(run)
     for kind in ["reference", *kinds]:
         assert sum(1 for (_, k) in rows if k == kind) == 4
     with Store(run.store_url) as store:
         assert store.get(GIVEN, "merged").provenance["source"] == "demix search"  # reused, not re-evaluated
-        ref = store.get(GIVEN, "reference")
+        ref = store.get(GIVEN_DATA, "reference")  # keyed by the data mixture it was trained on
+        assert store.get(GIVEN, "reference") is None and store.get(GIVEN_DATA, "merged") is None
+        assert store.get(GIVEN_DATA, trained_kind(256)) is not None
     assert ref.provenance["recipe"]["tokens"] == config.train.reference.tokens
+    assert ref.provenance["model_dir"] == str(run.reference(mixture_key(GIVEN_DATA)))
 
     d = run.fidelity
     for name in ("fidelity.json", "scores.json", "compute.json", "audit.json", "mixtures.json", "merged.json",
@@ -109,6 +140,8 @@ def test_stage_trains_evaluates_and_writes_its_files(first):
     assert set(results.reports) == set(kinds)
     # The typed reader gives back exactly what the stage wrote.
     assert results.to_dict() == json.loads(run.fidelity_files.results.read_text())
+    assert results.pairing == "data_mixture" and results.mapping["region"] == "data mixtures with general >= 0.5"
+    assert results.mixtures == result.mixtures
     assert [w.message for w in results.audit_warnings] == [w.message for w in result.audit.warnings()]
     merged = FidelityReport.load(d / "merged.json")
     assert merged.mixtures == sorted(keys)
@@ -139,6 +172,8 @@ def test_stage_trains_evaluates_and_writes_its_files(first):
     assert math.isclose(merged.targets["math"].scores[key0][0], 2.0 ** ref_caps["math"])
     typed = FidelityScores.read(run.fidelity_files.scores)
     assert typed.of(key0, "reference").capabilities == ref_caps and typed.ratio_scale_capabilities == ["code", "general", "math"]
+    assert typed.component_weights[key0] == result.mixtures[0].component_weights
+    assert typed.data_mixtures[key0] == pytest.approx(GIVEN_DATA)
 
 
 def test_compute_accounting_sums_and_orders(first):
@@ -181,14 +216,14 @@ def test_audit_and_proxy_gaps_are_written(first):
 
 
 def test_own_weight_baseline_ranks_by_each_domains_share(first):
-    """The no-model baseline: Spearman of the reference scores against the domain's own weight."""
+    """The no-model baseline: Spearman of the reference scores against the domain's share of the
+    data mixture the reference was trained on."""
     from scipy.stats import spearmanr
-
 
     _, run, result, _ = first
     own = result.baselines["own_weight"]
     assert sorted(t.name for t in own.targets.values()) == ["code", "general", "math"]
-    weights = {m.key: m.weights for m in result.mixtures}
+    weights = {m.key: m.data_mixture for m in result.mixtures}
     merged = result.reports["merged"]
     for name, t in own.targets.items():
         keys = sorted(t.scores)
@@ -311,29 +346,102 @@ def test_search_rows_scored_under_other_settings_are_refused_before_training(fir
 def test_reference_mixtures_are_seeded_and_validated(module_runs):
     make, config, _ = module_runs
     counts = {"general": 1000, "math": 500, "code": 500}
-    a = reference_mixtures(config, counts)
-    assert [m.key for m in a] == [m.key for m in reference_mixtures(config, counts)]
+    mapping = standard_map()
+    a = reference_mixtures(config, counts, mapping)
+    assert [m.key for m in a] == [m.key for m in reference_mixtures(config, counts, mapping)]
     other = config.model_copy(deep=True)
     other.fidelity.seed = 1
-    assert [m.key for m in reference_mixtures(other, counts)][1:] != [m.key for m in a][1:]
+    assert [m.key for m in reference_mixtures(other, counts, mapping)][1:] != [m.key for m in a][1:]
     # Raising the count keeps the earlier references (so their trained models are reused).
     more = config.model_copy(deep=True)
     more.fidelity.num_references = 3 * config.fidelity.num_references
-    b = reference_mixtures(more, counts)
+    b = reference_mixtures(more, counts, mapping)
     assert len(b) == len(a) + 2 * config.fidelity.num_references
     assert [m.key for m in b][: len(a)] == [m.key for m in a]
 
     bad = config.model_copy(deep=True)
     bad.fidelity.mixtures = [{"general": 0.5, "poetry": 0.5}]
     with pytest.raises(DemixError) as exc:
-        reference_mixtures(bad, counts)
+        reference_mixtures(bad, counts, mapping)
     assert "fidelity.mixtures[0]" in exc.value.what and "poetry" in exc.value.what
 
     empty = config.model_copy(deep=True)
     empty.fidelity.mixtures = []
     empty.fidelity.num_references = 0
     with pytest.raises(DemixError, match="no reference mixtures"):
-        reference_mixtures(empty, counts)
+        reference_mixtures(empty, counts, mapping)
+
+
+def test_the_pairing_decides_what_references_are_trained_on(module_runs):
+    """Both pairings sample the same component weights; data_mixture pairs each with data(a),
+    component_weights with a itself. Given mixtures are data mixtures under data_mixture."""
+    _, config, _ = module_runs
+    counts = {"general": 1000, "math": 500, "code": 500}
+    mapping = standard_map()
+    by_data = reference_mixtures(config, counts, mapping)
+    old = config.model_copy(deep=True)
+    old.fidelity.pairing = "component_weights"
+    by_weights = reference_mixtures(old, counts, mapping)
+    # The given data mixture GIVEN_DATA stands for the component weights GIVEN ...
+    assert by_data[0].component_weights == pytest.approx(GIVEN) and by_data[0].data_mixture == pytest.approx(GIVEN_DATA)
+    # ... and under component_weights the given mixture is component weights, also the reference's data.
+    assert by_weights[0].component_weights == by_weights[0].data_mixture == pytest.approx(GIVEN_DATA)
+    for x, y in zip(by_data[1:], by_weights[1:]):
+        assert x.key == y.key and x.component_weights == y.component_weights  # the same merged proxies
+        assert y.data_mixture == y.component_weights and y.data_key == y.key
+        assert x.data_mixture == pytest.approx(data_of(x.component_weights), abs=1e-12)
+        assert x.data_mixture["general"] >= 0.5 and x.data_key != x.key
+
+
+def test_an_unreachable_given_data_mixture_is_refused(module_runs):
+    _, config, _ = module_runs
+    counts = {"general": 1000, "math": 500, "code": 500}
+    mapping = standard_map()
+    bad = config.model_copy(deep=True)
+    # general 0.3 < the general share 0.5 every merged proxy's data holds: no merge stands for it.
+    bad.fidelity.mixtures = [GIVEN_DATA, {"general": 0.3, "math": 0.5, "code": 0.2}]
+    with pytest.raises(DemixError) as exc:
+        reference_mixtures(bad, counts, mapping)
+    assert "fidelity.mixtures[1]" in exc.value.what and "not reachable" in exc.value.what
+    assert "data mixtures with general >= 0.5" in exc.value.what
+    assert "fidelity.pairing: component_weights" in exc.value.fix
+    # The same numbers are fine as component weights under the component_weights pairing.
+    bad.fidelity.pairing = "component_weights"
+    assert reference_mixtures(bad, counts, mapping)[1].data_mixture == pytest.approx({"general": 0.3, "math": 0.5, "code": 0.2})
+    # The edge of the region is reachable: pure general data is the general component alone.
+    edge = config.model_copy(deep=True)
+    edge.fidelity.mixtures = [{"general": 0.5, "math": 0.5}]
+    assert reference_mixtures(edge, counts, mapping)[0].component_weights == pytest.approx(
+        {"general": 0.0, "math": 1.0, "code": 0.0})
+
+
+def test_pairing_component_weights_trains_references_on_a_and_reuses_those_on_the_same_data(first, tmp_path):
+    """The pre-0.2 pairing on a copy of the run: the reference of GIVEN is trained on GIVEN taken
+    as data; GIVEN_DATA given as component weights needs a reference trained on GIVEN_DATA, which
+    the data_mixture run trained already: it is reused (store rows are keyed by the data)."""
+    config, run, _, _ = first
+    changed, copy = _copy_run(config, run, tmp_path, **{
+        "fidelity.pairing": "component_weights", "fidelity.num_references": 0, "fidelity.trained_proxy_budgets": "[256]",
+        "fidelity.mixtures": "[{general: 0.2, math: 0.6, code: 0.2}, {general: 0.6, math: 0.3, code: 0.1}]",
+    })
+    events: list[tuple[str, str, str]] = []
+    result = run_fidelity(changed, copy, progress=False, on_event=lambda *e: events.append(e))
+    assert result.pairing == "component_weights"
+    for m, want in zip(result.mixtures, (GIVEN, GIVEN_DATA), strict=True):
+        assert m.component_weights == m.data_mixture == pytest.approx(want)
+    prov = json.loads((copy.reference(mixture_key(GIVEN)) / "demix.json").read_text())
+    assert prov["mixture"] == pytest.approx(GIVEN, abs=1e-12)
+    # Trained here: the reference and trained proxy on GIVEN; reused: those on GIVEN_DATA.
+    assert result.trained_now == 2
+    assert ("reference", mixture_key(GIVEN_DATA), "reused") in events
+    assert ("trained@256", mixture_key(GIVEN_DATA), "reused") in events
+    assert ("merged", mixture_key(GIVEN), "reused") in events  # the search's, whatever the pairing
+    assert ("merged", mixture_key(GIVEN_DATA), "evaluated") in events  # GIVEN_DATA as component weights: new
+    with Store(copy.store_url) as store:
+        both = {e.mixture_key for e in store.evaluations_done("reference")}
+    assert {mixture_key(GIVEN), mixture_key(GIVEN_DATA)} <= both  # the references of both pairings, side by side
+    assert FidelityResults.read(copy.fidelity_files.results).pairing == "component_weights"
+    assert json.loads(copy.fidelity_files.mixtures.read_text())["pairing"] == "component_weights"
 
 
 def test_missing_components_fail_before_any_training(module_runs):
@@ -342,7 +450,7 @@ def test_missing_components_fail_before_any_training(module_runs):
     with pytest.raises(DemixError) as exc:
         run_fidelity(config, run, progress=False)
     assert "component" in exc.value.what and "demix train components" in exc.value.fix
-    assert not run.reference(mixture_key(GIVEN)).exists()
+    assert not run.reference(mixture_key(GIVEN_DATA)).exists()
 
 
 def test_cli_prints_the_table_and_exits_nonzero_on_errors(first, tmp_path, capsys):
@@ -385,3 +493,22 @@ def test_store_keeps_one_row_per_trained_budget(tmp_path):
         for bad in ("trained@", "trained@x", "trained@0", "merged@5"):
             with pytest.raises(DemixError, match="unknown proxy kind"):
                 store.add(mixture, {"b": 1.0}, {"c": -1.0}, bad)
+
+
+def test_sampled_references_keep_the_searchs_data_mixture_bounds(module_runs):
+    """search.bounds bound the data mixture: the sampled references' data shares hold them, so
+    their component weights may go past them (math data share <= 0.2 is math weight <= 0.4)."""
+    _, config, _ = module_runs
+    counts = {"general": 1000, "math": 500, "code": 500}
+    bounded = config.model_copy(deep=True)
+    bounded.fidelity.mixtures = []
+    bounded.fidelity.num_references = 12
+    bounded.search.bounds.upper = {"math": 0.2}
+    refs = reference_mixtures(bounded, counts, standard_map())
+    assert len(refs) == 12
+    assert all(m.data_mixture["math"] <= 0.2 + 1e-9 for m in refs)
+    assert max(m.component_weights["math"] for m in refs) > 0.2  # bounds on the data, not on a
+    # A bound outside what merging reaches is refused by the search's resolver, naming the region.
+    bounded.search.bounds.upper = {"general": 0.4}
+    with pytest.raises(DemixError, match="general >= 0.5"):
+        reference_mixtures(bounded, counts, standard_map())

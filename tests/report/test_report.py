@@ -58,12 +58,85 @@ def test_report_writes_figures_html_and_markdown(searched, capsys):
     md = (run.report / "report.md").read_text()
     for p in figures:
         assert f"](figures/{p.name})" in md
-    best = read_json(run.best_mixture)
-    # The summary table shows the chosen, natural and uniform weights as in best_mixture.json.
-    for d, w in best["weights"].items():
-        assert f"{w:.3f}" in md and f"{best['baselines']['natural']['weights'][d]:.3f}" in md
     # No components in this run: the audit section says so instead of inventing a table.
     assert "Merge-validity audit" in md and "Not available: no finished components" in md
+
+
+def _md_row(md: str, label: str) -> list[str]:
+    """The cells of the Markdown table row whose first cell is ``label``."""
+    line = next(x for x in md.splitlines() if x.startswith(f"| {label} |"))
+    return [c.strip() for c in line.strip("|").split("|")][1:]
+
+
+def test_report_shows_the_data_mixture_and_the_component_weights(searched):
+    """Both rows for chosen, natural and uniform, as best_mixture.json holds them (data = a @ M),
+    the region, the unreachable uniform mixture at its nearest reachable data mixture, and the
+    figure of the data mixture labelled so."""
+    from demix.data_mixture import MixtureMap
+    from demix.report import write_report
+
+    config, run = searched
+    files = write_report(run)
+    md = files.markdown.read_text()
+    best = read_json(run.best_mixture)
+    mapping = MixtureMap.from_dict(best["mapping"])
+    a = np.array([best["component_weights"][d] for d in mapping.domains])
+    assert np.allclose(a @ mapping.matrix, [best["data_mixture"][d] for d in mapping.domains], atol=1e-12)
+    head = next(x for x in md.splitlines() if x.startswith("|  | chosen"))
+    assert "natural (token-proportional)" in head and "uniform (nearest reachable)" in head
+    for d in mapping.domains:
+        row = [f"{best['data_mixture'][d]:.3f}", f"{best['baselines']['natural']['data_mixture'][d]:.3f}",
+               f"{best['baselines']['uniform']['data_mixture'][d]:.3f}"]
+        assert _md_row(md, f"data {d}")[:3] == row
+        row = [f"{best['component_weights'][d]:.3f}", f"{best['baselines']['natural']['component_weights'][d]:.3f}",
+               f"{best['baselines']['uniform']['component_weights'][d]:.3f}"]
+        assert _md_row(md, f"component {d}")[:3] == row
+        # The plan: data mixture, component weight, tokens of the data mixture at the target budget.
+        plan = _md_row(md, d)
+        assert plan[:2] == [f"{best['data_mixture'][d]:.4f}", f"{best['component_weights'][d]:.4f}"]
+        assert plan[3] == f"{round(best['data_mixture'][d] * best['target_tokens']):,}"
+    # The standard recipe (half general data in every other component): general >= 0.5 only.
+    assert best["data_mixture"]["general"] >= 0.5 > best["component_weights"]["general"] - 0.5
+    assert "The proxies stand for data mixtures with general >= 0.5." in md
+    # Uniform (1/3 general) is not reachable: the proxy nearest to it has general 0.5.
+    assert best["baselines"]["uniform"]["reachable"] is False
+    assert ("The uniform data mixture {general 0.333, math 0.333, code 0.333} is not reachable: it is shown at its "
+            "nearest reachable data mixture {general 0.500, math 0.250, code 0.250}.") in md
+    weights = next(f for f in files.figures if f.name == "weights")
+    assert weights.title == "Chosen data mixture" and "Data mixture (token shares of the training data)" in weights.caption
+    assert "data mixtures with general >= 0.5" in weights.caption
+    histograms = next(f for f in files.figures if f.name == "weight_histograms")
+    assert "component weights (merge coefficients) of the evaluated merged proxies" in histograms.caption
+
+
+def test_report_of_a_file_before_demix_0_2_says_it_knows_no_data_mixture(searched, tmp_path):
+    """A best_mixture.json of demix < 0.2 held the component weights as "weights": the report
+    shows them as component weights, and says that no data mixture is known."""
+    import shutil
+
+    from demix.report import write_report
+
+    config, src = searched
+    run = RunDir(tmp_path / "copy")
+    shutil.copytree(src.root, run.root)
+    best = read_json(run.best_mixture)
+    legacy = {k: v for k, v in best.items() if k not in ("data_mixture", "component_weights", "mapping", "baselines")}
+    legacy["weights"] = best["component_weights"]
+    legacy["baselines"] = {n: {"weights": b["component_weights"], "predicted": b["predicted"]}
+                           for n, b in best["baselines"].items()}
+    legacy["rounds"] = [{k: v for k, v in r.items() if k != "data_mixture"} for r in best["rounds"]]
+    write_json(run.best_mixture, legacy)
+    files = write_report(run)
+    md = files.markdown.read_text()
+    assert "written by demix < 0.2: its weights are component weights" in md and "no data mixture is known" in md
+    assert not [x for x in md.splitlines() if x.startswith("| data ")]
+    for d, w in best["component_weights"].items():
+        assert _md_row(md, f"component {d}")[0] == f"{w:.3f}"
+        assert _md_row(md, d)[:2] == ["-", f"{w:.4f}"]  # no data mixture, hence no tokens or epochs either
+        assert _md_row(md, d)[3:5] == ["-", "-"]
+    weights = next(f for f in files.figures if f.name == "weights")
+    assert weights.title == "Chosen component weights" and "no data mixture is known" in weights.caption
+    _png_ok(weights.path)
 
 
 def test_out_of_fold_matches_the_search_cv(searched):
@@ -99,7 +172,9 @@ def test_fidelity_results_add_their_figures(searched, tmp_path):
     weights = {k: {c: float(rng.uniform()) for c in ("general", "math", "code")} for k in reference}
     own = compare(reference, weights, proxy_kind="own_weight", bootstrap=50)
     FidelityResults(
-        mixtures=[ReferenceMixture(k, {"general": 0.5, "math": 0.3, "code": 0.2}, "sampled") for k in reference],
+        # Component weights and the data mixture they stand for (half general data in math and code).
+        mixtures=[ReferenceMixture(k, {"general": 0.5, "math": 0.3, "code": 0.2}, {"general": 0.75, "math": 0.15, "code": 0.1},
+                                   "sampled") for k in reference],
         reports={"merged": rep},
         baselines={"own_weight": own},
         summary=[SummaryRow.of("merged", rep, {"flops": 3.0e12, "train_tokens": 10**6, "eval_tokens": 10**5})],
@@ -131,8 +206,8 @@ def test_report_bad_input(tmp_path, searched, capsys):
     assert exc.value.code == 1
     err = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
     assert "no chosen mixture yet" in err and "demix run" in err
-    # A hand-written best_mixture.json (weights only) is a mixture, not a search result to report on.
-    write_json(half.best_mixture, {"weights": {"general": 0.5, "math": 0.3, "code": 0.2}})
+    # A hand-written best_mixture.json (a data mixture only) is a mixture, not a search result to report on.
+    write_json(half.best_mixture, {"data_mixture": {"general": 0.5, "math": 0.3, "code": 0.2}})
     with pytest.raises(DemixError, match="no search result"):
         write_report(half)
 

@@ -37,16 +37,25 @@ def test_search_finds_the_optimum_writes_its_files_and_resumes_without_rescoring
     scorer = CountingScorer(noise=0.01)
     result = run_search(config, run, scorer, TOKENS)
     assert len(scorer.calls) == 42 == len(set(scorer.calls)) == result.evaluations == result.evaluated_now
-    natural = {d: TOKENS[d] / sum(TOKENS.values()) for d in DOMAINS}
-    assert distance(result.weights) < 0.2 < distance(natural) + 0.2
-    assert distance(result.weights) < distance(natural)
-
     best = json.loads(run.best_mixture.read_text())
-    assert sum(best["weights"].values()) == pytest.approx(1.0)
+    # The scorer is a function of the component weights: the search finds its optimum there, and
+    # beats the component weights standing for the natural data mixture (0.2, 0.4, 0.4 at share 0.5).
+    natural = best["baselines"]["natural"]["component_weights"]
+    assert natural == pytest.approx({"general": 0.2, "math": 0.4, "code": 0.4})
+    assert distance(result.component_weights) < 0.2 < distance(natural) + 0.2
+    assert distance(result.component_weights) < distance(natural)
+
+    assert sum(best["component_weights"].values()) == pytest.approx(1.0)
+    assert best["component_weights"] == result.component_weights and best["data_mixture"] == result.data_mixture
+    # The data mixture of the standard recipe (general share 0.5): data = a @ M.
+    a = best["component_weights"]
+    assert best["data_mixture"] == pytest.approx(
+        {"general": a["general"] + 0.5 * (1 - a["general"]), "math": 0.5 * a["math"], "code": 0.5 * a["code"]}, abs=1e-12)
+    assert best["mapping"]["region"] == "data mixtures with general >= 0.5"
     assert best["target_tokens"] == 1000
-    for d in DOMAINS:
-        assert best["tokens"][d] == round(best["weights"][d] * 1000)
-        assert best["epochs"][d] == pytest.approx(best["weights"][d] * 1000 / TOKENS[d])
+    for d in DOMAINS:  # the budget is the data mixture's, what a model trained on it sees
+        assert best["tokens"][d] == round(best["data_mixture"][d] * 1000)
+        assert best["epochs"][d] == pytest.approx(best["data_mixture"][d] * 1000 / TOKENS[d])
     pred = best["predicted"]
     assert set(pred["capabilities"]) == {"general", "math", "code"}
     assert pred["benchmarks"]["math_bpb"]["higher_is_better"] is False
@@ -79,7 +88,8 @@ def test_search_finds_the_optimum_writes_its_files_and_resumes_without_rescoring
     again = CountingScorer()
     result2 = run_search(config, run, again, TOKENS)
     assert again.calls == [] and result2.evaluated_now == 0
-    assert result2.weights == pytest.approx(result.weights)
+    assert result2.component_weights == pytest.approx(result.component_weights)
+    assert result2.data_mixture == pytest.approx(result.data_mixture)
 
 
 def test_killed_search_resumes_without_losing_or_repeating_evaluations(tmp_path):
@@ -125,8 +135,12 @@ def test_bad_objective_fails_before_any_evaluation(tmp_path):
     for search, match in [
         ({"constraints": ["reasoning >= natural"]}, "unknown capability 'reasoning'"),
         ({"constraints": ["weight.web >= 0.2"]}, "unknown domain 'web'"),
+        ({"constraints": ["component.web >= 0.2"]}, "unknown domain 'web'"),
         ({"capability_weights": {"reasoning": 1.0}}, "unknown capability"),
         ({"bounds": {"lower": {"general": 0.7, "math": 0.5}}}, "infeasible bounds"),
+        ({"bounds": {"upper": {"general": 0.45}}}, "search.bounds.upper.general: a data share of 'general' <= 0.45 is "
+                                                   "not reachable: the proxies stand for data mixtures with general >= 0.5"),
+        ({"bounds": {"lower": {"math": 0.3, "code": 0.3}}}, "no reachable data mixture meets"),
     ]:
         config = make_config(tmp_path / "run", rounds=[4], **search)
         with pytest.raises(DemixError, match=match):
@@ -135,17 +149,24 @@ def test_bad_objective_fails_before_any_evaluation(tmp_path):
 
 
 def test_constraints_and_bounds_shape_the_choice(tmp_path):
+    """Bounds and ``weight.`` constraints are on the data mixture (general share 0.5: data[general]
+    = 0.5 + 0.5 a_g, data[d] = 0.5 a_d), ``component.`` constraints on the component weights."""
     run = RunDir(tmp_path / "run")
     config = make_config(
-        run.root, rounds=[30], constraints=["weight.code >= 0.35"], bounds={"upper": {"general": 0.45}}
+        run.root, rounds=[30], constraints=["weight.code >= 0.2", "component.math <= 0.25"],
+        bounds={"upper": {"general": 0.7}},
     )
     # The rich progress bar and live table run too.
     with LiveSearchDisplay(DOMAINS) as display:
         result = run_search(config, run, CountingScorer(), TOKENS, on_event=display)
-    assert result.weights["code"] >= 0.35 - 1e-9
-    assert result.weights["general"] <= 0.45 + 1e-9
+    assert result.data_mixture["code"] >= 0.2 - 1e-9
+    assert result.data_mixture["general"] <= 0.7 + 1e-9
+    # Read as data shares they move the choice far from the component optimum (code 0.2, general 0.5):
+    # data code >= 0.2 is component code >= 0.4, data general <= 0.7 is component general <= 0.4.
+    assert result.component_weights["code"] >= 0.4 - 1e-9 and result.component_weights["general"] <= 0.4 + 1e-9
+    assert result.component_weights["math"] <= 0.25 + 1e-9
     planned = json.loads((run.round_dir(0) / "planned.json").read_text())["mixtures"]
-    assert all(m["general"] <= 0.45 + 1e-12 for m in planned)
+    assert all(m["general"] <= 0.4 + 1e-12 for m in planned) and max(m["general"] for m in planned) > 0.3
 
 
 def test_unknown_benchmark_direction_is_an_error(tmp_path):

@@ -261,3 +261,147 @@ def test_merged_rows_of_another_stage_under_other_settings_do_not_stop_the_searc
     scorer = Scorer()
     run_search(config, run, scorer, TOKENS)
     assert scorer.calls == 0 and files_of(run) == before
+
+
+# ---------------------------------------------------------------------------- component weights vs data mixture
+
+
+def legacy_best(best: dict) -> dict:
+    """The best_mixture.json demix 0.1 wrote for the same search: ``weights`` (the component
+    weights, labelled as token shares), tokens and epochs computed from them, baselines and
+    rounds with ``weights``, no data mixture and no mapping."""
+    a, target = best["component_weights"], best["target_tokens"]
+    old = {"weights": a, "unit": "token share (fraction of training tokens drawn from each domain)",
+           "target_tokens": target, "domain_tokens": best["domain_tokens"],
+           "tokens": {d: round(x * target) for d, x in a.items()},
+           "epochs": {d: x * target / best["domain_tokens"][d] for d, x in a.items()}}
+    old.update({k: best[k] for k in ("predicted", "top_k")})
+    old["baselines"] = {n: {"weights": b["data_target"], "predicted": b["predicted"]} for n, b in best["baselines"].items()}
+    old.update({k: best[k] for k in ("objective", "predictor")})
+    old["rounds"] = [{k: r[k] for k in ("round", "planned", "evaluations")} | {"weights": r["component_weights"]}
+                     for r in best["rounds"]]
+    old.update({k: best[k] for k in ("mixture_key", "components", "settings")})
+    return old
+
+
+def as_demix_0_1(run: RunDir) -> None:
+    """Turn a finished run into what demix 0.1 left: its best_mixture.json and round files without ``unit``."""
+    run.best_mixture.write_text(json.dumps(legacy_best(json.loads(run.best_mixture.read_text())), indent=2))
+    for path in (run.root / "search").rglob("*.json"):
+        if path.name in ("planned.json", "selection.json"):
+            data = json.loads(path.read_text())
+            data.pop("unit")
+            path.write_text(json.dumps(data, indent=2))
+
+
+def test_a_legacy_best_mixture_is_rewritten_by_a_resumed_search_without_evaluating(finished):
+    """A best_mixture.json of demix < 0.2 is not a finished search: `demix search` / `demix run`
+    write it again, with both mixtures, from the finished rounds read back (no round file changes,
+    nothing is evaluated)."""
+    from demix.search import BestMixture
+
+    config, run = finished
+    current = run.best_mixture.read_bytes()
+    as_demix_0_1(run)
+    rounds_before = {k: v for k, v in files_of(run).items() if k != "best_mixture.json"}
+    assert BestMixture.read(run.best_mixture).legacy and not search_is_complete(config, run)
+    scorer = Scorer()
+    result = run_search(config, run, scorer, TOKENS)
+    assert scorer.calls == 0 and result.evaluated_now == 0
+    assert {k: v for k, v in files_of(run).items() if k != "best_mixture.json"} == rounds_before  # read back
+    assert run.best_mixture.read_bytes() == current  # the file this version writes, both mixtures
+    best = BestMixture.read(run.best_mixture)
+    assert not best.legacy and best.data_mixture["general"] >= 0.5 and search_is_complete(config, run)
+
+
+def test_a_legacy_search_with_a_constraint_on_natural_is_ranked_again_without_evaluating(tmp_path):
+    """`math >= natural` meant the natural *component weights* in demix 0.1; now it is the natural
+    data mixture, so the rounds are ranked again (their plans and the store are kept)."""
+    run = RunDir(tmp_path / "run")
+    config = make_config(run.root, rounds=(6, 3), pool_size=500, top_k=20, constraints=["math >= natural"])
+    run_search(config, run, Scorer(), TOKENS)
+    current = run.best_mixture.read_bytes()
+    plans = {r: run.round_files(r).planned.read_bytes() for r in range(2)}
+    from demix.search.settings import ranking_fingerprint
+
+    as_demix_0_1(run)
+    old = ranking_fingerprint(config, TOKENS)  # what 0.1 recorded: its fingerprint held no map
+    for r in range(2):
+        sel = json.loads(run.round_files(r).selection.read_text())
+        assert sel["settings"]["search"] != old
+        sel["settings"]["search"] = old
+        run.round_files(r).selection.write_text(json.dumps(sel))
+    scorer = Scorer()
+    run_search(config, run, scorer, TOKENS)
+    assert scorer.calls == 0
+    for r in range(2):  # ranked again under this version's settings
+        assert json.loads(run.round_files(r).selection.read_text())["settings"]["search"] != old
+    assert run.best_mixture.read_bytes() == current
+    assert {r: json.loads(run.round_files(r).planned.read_text())["keys"] for r in range(2)} == {
+        r: json.loads(p)["keys"] for r, p in plans.items()}
+
+
+def _record_component(run: RunDir, domain: str, mixture: dict[str, float]) -> None:
+    """A component demix trained with ``mixture``: its demix.json records it."""
+    from demix.checkpoints import Provenance
+
+    run.component(domain).mkdir(parents=True, exist_ok=True)
+    Provenance(role="component", domain=domain, mixture=mixture).write(run.component(domain))
+
+
+def test_a_recorded_training_mixture_gives_the_data_mixture_and_a_changed_one_is_searched_again(tmp_path):
+    """The math component recorded as trained on 30% general data (not the recipe's 50%): the
+    data mixture is a @ M with that row; when the record changes, the search is no longer
+    complete, its rounds are read back (the ranking does not read the map) and the data mixture
+    is computed again, with nothing evaluated."""
+    import numpy as np
+
+    from demix.data_mixture import MixtureMap
+
+    run = RunDir(tmp_path / "run")
+    config = make_config(run.root, rounds=(6, 3), pool_size=500, top_k=20)
+    _record_component(run, "math", {"general": 0.3, "math": 0.7})
+    result = run_search(config, run, Scorer(), TOKENS)
+    best = json.loads(run.best_mixture.read_text())
+    assert best["mapping"]["components"]["math"] == {"mixture": {"general": 0.3, "math": 0.7}, "source": "recorded"}
+    assert best["mapping"]["components"]["code"]["source"] == "recipe"
+    m = np.array([[1, 0, 0], [0.3, 0.7, 0], [0.5, 0, 0.5]])
+    np.testing.assert_array_equal(MixtureMap.from_dict(best["mapping"]).matrix, m)
+    a = np.array([result.component_weights[d] for d in ("general", "math", "code")])
+    np.testing.assert_allclose([result.data_mixture[d] for d in ("general", "math", "code")], a @ m, atol=1e-15)
+    assert search_is_complete(config, run)
+
+    rounds_before = {k: v for k, v in files_of(run).items() if k != "best_mixture.json"}
+    _record_component(run, "math", {"general": 0.5, "math": 0.5})
+    assert not search_is_complete(config, run)
+    scorer = Scorer()
+    again = run_search(config, run, scorer, TOKENS)
+    assert scorer.calls == 0 and again.component_weights == result.component_weights
+    assert {k: v for k, v in files_of(run).items() if k != "best_mixture.json"} == rounds_before
+    assert again.data_mixture["math"] == pytest.approx(0.5 * a[1]) and search_is_complete(config, run)
+
+
+def test_a_changed_training_mixture_ranks_again_rounds_whose_ranking_reads_it(tmp_path):
+    """With a data-share constraint the ranking depends on each component's training mixture:
+    the round files record the map (ranking_fingerprint) and are ranked again when it changes."""
+    from demix.search.settings import ranking_fingerprint
+    from demix.training.roles import mixture_map
+
+    run = RunDir(tmp_path / "run")
+    config = make_config(run.root, rounds=(6,), pool_size=500, top_k=20, constraints=["weight.math >= 0.2"])
+    _record_component(run, "math", {"general": 0.3, "math": 0.7})
+    result = run_search(config, run, Scorer(), TOKENS)
+    recorded = mixture_map(config, run)
+    assert json.loads(run.round_files(0).selection.read_text())["settings"]["search"] == ranking_fingerprint(
+        config, TOKENS, recorded)
+    # data[math] = 0.7 a_math >= 0.2
+    assert result.component_weights["math"] >= 0.2 / 0.7 - 1e-9
+    _record_component(run, "math", {"general": 0.5, "math": 0.5})
+    assert ranking_fingerprint(config, TOKENS, mixture_map(config, run)) != ranking_fingerprint(config, TOKENS, recorded)
+    scorer = Scorer()
+    again = run_search(config, run, scorer, TOKENS)
+    assert scorer.calls == 0
+    assert again.data_mixture["math"] >= 0.2 - 1e-9 and again.component_weights["math"] >= 0.4 - 1e-9
+    # Without anything that reads the map, the fingerprint is the one demix 0.1 recorded.
+    plain = make_config(run.root, rounds=(6,), pool_size=500, top_k=20)
+    assert ranking_fingerprint(plain, TOKENS, recorded) == ranking_fingerprint(plain, TOKENS, None)

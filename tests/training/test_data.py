@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 
@@ -84,3 +86,64 @@ def test_missing_domain_data_is_a_clear_error(new_run, tmp_path):
         MixtureDataset(tmp_path, {"general": 1.0}, 10, 32, seed=0)
     with pytest.raises(DemixError, match="fewer than one window"):
         MixtureDataset(run.data, {"math": 1.0}, 10, 10**7, seed=0)
+
+
+def _standard_data(a: dict[str, float], share: float) -> dict[str, float]:
+    """data(a) of the standard recipe, written out (not through demix.data_mixture)."""
+    return {d: (w + share * (1 - w)) if d == "general" else (1 - share) * w for d, w in a.items()}
+
+
+def test_reference_training_draws_the_data_mixtures_token_shares(run_with_base, tmp_path):
+    """The batches Trainer draws for a reference model on data(a) hold each domain's tokens in
+    its data share. Every window is seq_len tokens and the windows per domain are the largest-
+    remainder rounding of share x windows, so a realised share is within one window of the data
+    share: tolerance 1 / (steps x batch_size)."""
+    from demix.checkpoints import read_provenance
+    from demix.tokenizer import load_tokenizer
+    from demix.training import build_model, reference_recipe, train_on_mixture
+    from demix.training.recipe import training_dataset
+    from demix.training.roles import training_steps
+    from demix.training.trainer import DemixTrainer, training_arguments
+
+    steps = 13  # 104 windows: 0.6 x 104 = 62.4, the shares do not divide evenly
+    config, run = run_with_base(**{"train.reference.tokens": steps * 8 * 32})
+    a = {"general": 0.2, "math": 0.6, "code": 0.2}
+    data = _standard_data(a, config.train.components.general_share)
+    assert data == pytest.approx({"general": 0.6, "math": 0.3, "code": 0.1})
+    recipe = reference_recipe(config)
+    seq = config.model.seq_len
+    assert training_steps(recipe, seq) == steps
+
+    # Every window of every domain's train split, by content: how a drawn row is traced to its domain.
+    owner: dict[bytes, str] = {}
+    for d in data:
+        tokens = np.asarray(PackedTokens(split_prefix(run.data, d, "train")).tokens, dtype=np.int64)
+        for k in range(len(tokens) // seq):
+            assert owner.setdefault(tokens[k * seq:(k + 1) * seq].tobytes(), d) == d  # no window in two domains
+
+    dataset = training_dataset(run, data, recipe, seq)
+    model = build_model(config.model, load_tokenizer(run.tokenizer), recipe.seed)
+    trainer = DemixTrainer(model=model, args=training_arguments(recipe, steps, tmp_path / "ckpt", "cpu"),
+                           train_dataset=dataset, recipe=recipe)
+    counts = {d: 0 for d in data}
+    rows = 0
+    for batch in trainer.get_train_dataloader():
+        for row in batch["input_ids"]:
+            counts[owner[row.numpy().astype(np.int64).tobytes()]] += len(row)
+            rows += 1
+    assert rows == steps * recipe.batch_size
+    total = sum(counts.values())
+    assert total == steps * recipe.batch_size * seq == recipe.tokens
+    tolerance = 1 / (steps * recipe.batch_size)
+    for d, share in data.items():
+        assert abs(counts[d] / total - share) <= tolerance + 1e-12, (d, counts[d] / total, share)
+    # Whole windows: 62.4, 31.2 and 10.4 of the 104 rounded down or up (to 63, 31, 10 here).
+    for d, share in data.items():
+        assert counts[d] // seq in (math.floor(share * rows), math.ceil(share * rows)), (d, counts[d] // seq)
+    assert sum(counts.values()) // seq == rows
+
+    # The training that really runs reads this dataset and records the data mixture.
+    result = train_on_mixture(config, run, data, run.reference("shares"), recipe, "reference", show_progress=False)
+    prov = read_provenance(result.path)
+    assert prov.mixture == pytest.approx(data) and prov.tokens_seen == total
+    assert prov.details["epochs"] == pytest.approx(dataset.epochs())

@@ -58,8 +58,8 @@ def eval_command(
         typer.Option(
             "--mixture",
             "-m",
-            help="Score the merged proxy of this mixture (needs the run's base and components): "
-            "general=0.5,math=0.3,code=0.2, JSON, or a .json file.",
+            help="Score the merged proxy of these component weights (merge coefficients; needs the run's base and "
+            "components): general=0.5,math=0.3,code=0.2, JSON, or a .json file.",
         ),
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the scores as JSON to this file.")] = None,
@@ -71,7 +71,7 @@ def eval_command(
 ) -> None:
     """Score one model on the run's benchmarks and print the benchmark values and capability scores.
 
-    Give either --checkpoint DIR (any HF causal LM trained with the run's tokenizer) or --mixture WEIGHTS (the proxy merged from the run's components, built in memory).
+    Give either --checkpoint DIR (any HF causal LM trained with the run's tokenizer) or --mixture WEIGHTS (the proxy merged from the run's components with these component weights, built in memory; it stands for the data mixture of those weights, see docs/merging.md).
 
     The benchmarks and capabilities come from the config's `evaluation` section (default: bits per byte on each domain's held-out split). Needs `demix prepare` to have run. See docs/evaluation.md.
     """
@@ -98,7 +98,7 @@ def eval_command(
 
         assert mixture is not None  # exactly one of --checkpoint and --mixture (checked above)
         weights = validate_mixture(parse_mixture(mixture), cfg.data.domain_names, normalize=cfg.merge.normalize)
-        stage_header("eval", f"scoring the merged proxy of {weights} on {dev}", out or "(stdout)")
+        stage_header("eval", f"scoring the merged proxy of component weights {weights} on {dev}", out or "(stdout)")
         target = {"mixture": weights}
 
     with console.status("preparing the evaluation data and tasks"):

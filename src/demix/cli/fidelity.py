@@ -16,6 +16,13 @@ if TYPE_CHECKING:
     from demix.fidelity.stage import FidelityResult
 
 
+#: fidelity.pairing -> what the reference models were trained on, in words.
+_PAIRED = {
+    "data_mixture": "the data mixture each merged proxy stands for",
+    "component_weights": "the component weights taken as data (pairing component_weights)",
+}
+
+
 def _cell(st) -> str:
     """A statistic as `value [low, high]`, or `-` with nothing invented when undefined."""
     if not st.defined:
@@ -34,10 +41,13 @@ def fidelity_cmd(
 ) -> None:
     """Check the search's proxies against reference models really trained on a few mixtures.
 
-    For fidelity.num_references mixtures (sampled like the search's, plus fidelity.mixtures) it
-    trains a reference model with the components' recipe (the ground truth), a trained proxy at
-    each budget of fidelity.trained_proxy_budgets (the RegMix-style baseline), and builds the
-    merged proxy; evaluates all of them on the run's benchmarks; and reports, per capability
+    For fidelity.num_references component weights (sampled like the search's, plus
+    fidelity.mixtures) it builds the merged proxy, trains a reference model with the components'
+    recipe (the ground truth) on the data mixture the proxy stands for (fidelity.pairing:
+    data_mixture; component_weights trains it on the component weights taken as data, the
+    pairing before 0.2) and a trained proxy on the same data at each budget of
+    fidelity.trained_proxy_budgets (the RegMix-style baseline); evaluates all of them on the
+    run's benchmarks; and reports, per capability
     and macro-averaged, how well each kind of proxy ranks the mixtures like the reference
     models: Spearman rho, Kendall tau, Spearman on the top 25% and the Capability Recovery Rate,
     each with its n and a bootstrap interval. Also: the compute of one search per approach and
@@ -82,12 +92,13 @@ def _print_fidelity(result: FidelityResult, cfg: RunConfig) -> None:
     first = next(iter(result.reports.values()))
     f = cfg.fidelity
     table = Table(
-        title=f"fidelity against {len(result.mixtures)} reference models ({f.confidence:.0%} bootstrap CI, "
-        f"{f.bootstrap} resamples)",
+        title=f"fidelity against {len(result.mixtures)} reference models trained on "
+        f"{_PAIRED[result.pairing]} ({f.confidence:.0%} bootstrap CI, {f.bootstrap} resamples)",
         caption="rho: Spearman; tau: Kendall tau-b; top rho: Spearman on the best "
         f"{f.top_fraction:.0%} by reference score (n = {first.macro['top_spearman'].n}); "
         "CRR: sum(proxy) / sum(reference) on 2**-bits-per-byte scores. '-': undefined (see fidelity.json for why). "
-        "own weight: no model, each domain's held-out score ranked by that domain's share of the mixture.",
+        "own weight: no model, each domain's held-out score ranked by that domain's share of the reference's "
+        "data mixture.",
     )
     for col in ("proxies", "target", "n", "rho", "tau", "top rho", "CRR"):
         table.add_column(col, justify="left" if col in ("proxies", "target") else "right")
@@ -105,7 +116,7 @@ def _print_fidelity(result: FidelityResult, cfg: RunConfig) -> None:
         base_rho, merged_rho = own.macro["spearman"].value, result.reports[MERGED].macro["spearman"].value
         verdict = ("these benchmarks barely tell proxies apart: compare proxies on benchmarks the weights do not "
                    "predict (e.g. lm-eval tasks)" if base_rho >= merged_rho - 0.05 else "the proxies add information")
-        console.print(f"no-model baseline: ranking each domain's held-out score by that domain's weight gives macro rho "
+        console.print(f"no-model baseline: ranking each domain's held-out score by that domain's data share gives macro rho "
                       f"{base_rho:.2f} (merged proxies {merged_rho:.2f}); {verdict}")
 
 

@@ -65,7 +65,10 @@ def merge_command(
     ] = None,
     mixture: Annotated[
         str | None,
-        typer.Option("--mixture", "-m", help="Domain weights: general=0.5,math=0.5, JSON, or a .json file (best_mixture.json)."),
+        typer.Option(
+            "--mixture", "-m",
+            help="Component weights (merge coefficients): general=0.5,math=0.5, JSON, or a .json file (best_mixture.json).",
+        ),
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output directory of the merged HF checkpoint.")] = None,
     method: Annotated[
@@ -96,7 +99,7 @@ def merge_command(
     overrides: OverridesOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Merge the run's components for one mixture into an HF checkpoint on disk.
+    """Merge the run's components with the given component weights into an HF checkpoint on disk.
 
     Examples:
 
@@ -108,7 +111,9 @@ def merge_command(
 
       demix merge --mergekit-config merge.yml --out merged/
 
-    The checkpoint (sharded safetensors, config.json, tokenizer, demix.json with the mixture, method and base hash) is written tensor by tensor, so memory stays near one tensor per input, and appears only when complete. Searches do not need this: they build proxies in memory.
+    --mixture takes component weights (merge coefficients), not a data mixture: the proxy stands for the data mixture they map to (docs/merging.md).
+
+    The checkpoint (sharded safetensors, config.json, tokenizer, demix.json with the component weights, method and base hash) is written tensor by tensor, so memory stays near one tensor per input, and appears only when complete. Searches do not need this: they build proxies in memory.
     """
     if list_methods:
         _list_methods()
@@ -151,7 +156,7 @@ def _merge_mergekit_config(
 
     spec = read_mergekit_config(path)
     console.rule("[bold]merge (mergekit config)")
-    console.print(f"{spec.method} of {', '.join(spec.components)} with weights {spec.weights}\n[dim]writes: {out}[/]")
+    console.print(f"{spec.method} of {', '.join(spec.components)} with component weights {spec.weights}\n[dim]writes: {out}[/]")
     _run(
         write_merged,
         quiet,
@@ -215,7 +220,7 @@ def _merge_from_config(
         console.print(f"wrote {write_mergekit_config}: run it with `mergekit-yaml {write_mergekit_config} OUT_DIR`")
     if out is None:
         return
-    stage_header("merge", f"{method} merge of {len(comps)} components for {weights}", out)
+    stage_header("merge", f"{method} merge of {len(comps)} components with component weights {weights}", out)
     _run(
         write_merged,
         quiet,

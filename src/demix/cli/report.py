@@ -18,7 +18,7 @@ def report_cmd(
 ) -> None:
     """Write RUN_DIR/report/report.html (self-contained, open it in a browser) and report.md with figures.
 
-    Shows the chosen mixture beside the natural (token-proportional) and uniform mixtures, predicted vs measured scores of the evaluated proxies, the candidate pool and its Pareto front, the evaluated mixtures per domain, predictor quality, the merge-validity audit of the components and, when the fidelity stage ran, proxy vs reference-model scores. Needs a finished search (best_mixture.json); `demix run` writes the report at its end.
+    Shows the chosen mixture beside the natural (token-proportional) and uniform mixtures, each as its data mixture and its component weights, predicted vs measured scores of the evaluated proxies, the candidate pool and its Pareto front, the evaluated component weights per domain, predictor quality, the merge-validity audit of the components and, when the fidelity stage ran, proxy vs reference-model scores. Needs a finished search (best_mixture.json); `demix run` writes the report at its end.
     """
     from demix.report import write_report
     from demix.rundir import RunDir

@@ -21,28 +21,38 @@ DeviceOpt = Annotated[
 
 def comparison_table(best: BestMixture) -> Any:
     """The chosen mixture beside the baseline mixtures as a rich Table (rows from
-    :func:`demix.search.comparison_rows`, which the report renders too)."""
+    :func:`demix.search.comparison_rows`, which the report renders too): a block of data-mixture
+    rows, one of component-weight rows, then the predicted capabilities. The caption says what
+    the two mixtures are, the data mixtures the proxies stand for and which baselines are shown
+    at their nearest reachable data mixture (:func:`demix.report.tables.mixture_notes`)."""
+    from rich.markup import escape
     from rich.table import Table
 
+    from demix.report.tables import mixture_notes
     from demix.search import comparison_rows
 
     header, rows = comparison_rows(best)
     k, predictor = best.top_k, best.predictor
+    caption = ["natural = token-proportional.", *mixture_notes(best)]
+    if predictor:
+        caption.append(
+            f"Predicted scores are higher-is-better; CV = {predictor.cv_folds}-fold cross-validation of the "
+            f"{predictor.kind} predictor on {predictor.n} evaluated proxies."
+        )
     table = Table(
         title=f"chosen mixture: mean of the top {k.k:,} of {k.pool_size:,} candidates" if k else "chosen mixture",
-        caption=(
-            f"natural = token-proportional; predicted scores are higher-is-better; CV = {predictor.cv_folds}-fold "
-            f"cross-validation of the {predictor.kind} predictor on {predictor.n} evaluated proxies"
-        ) if predictor else None,
+        caption=escape("\n".join(caption)),  # domain names are text, never markup
+        caption_justify="left",
     )
     for i, name in enumerate(header):
         table.add_column(name, justify="left" if i == 0 else "right", no_wrap=i == 0)
-    weights = [r for r in rows if r[0].startswith("weight ")]
-    for row in weights:
-        table.add_row(*row)
-    if len(rows) > len(weights):
-        table.add_section()
-    for row in rows[len(weights):]:
+    # One section per kind of row: "data <domain>", "component <domain>", "predicted <capability>".
+    kind = None
+    for row in rows:
+        first = row[0].split(" ", 1)[0]
+        if kind is not None and first != kind:
+            table.add_section()
+        kind = first
         table.add_row(*row)
     return table
 
@@ -59,9 +69,10 @@ def _run_and_summarise(cfg: RunConfig, run: RunDir, quiet: bool, device: str, co
     stages = ", ".join(f"{t.stage} {'skipped' if t.skipped else f'{t.seconds:.0f} s'}" for t in result.timings)
     console.print(
         f"stages: {stages} (total {result.seconds:.0f} s; {run.timings})\n"
-        f"chosen mixture: {run.best_mixture}\n"
+        f"chosen mixture (data mixture and component weights): {run.best_mixture}\n"
         f"report: {result.report}\n"
-        f"export it with: demix export {run.root} --to megatron|nemo|nanotron|olmo-core|hf-datasets|mosaic|json"
+        f"export its data mixture with: demix export {run.root} --to megatron|nemo|nanotron|olmo-core|hf-datasets|mosaic|json",
+        soft_wrap=True, markup=False,  # paths and the command are for copying: never broken
     )
 
 
@@ -69,7 +80,7 @@ def _run_and_summarise(cfg: RunConfig, run: RunDir, quiet: bool, device: str, co
 def run_cmd(config: ConfigArg, overrides: OverridesOpt = None, device: DeviceOpt = "auto", quiet: QuietOpt = False) -> None:
     """Run the whole DeMix search on CONFIG: prepare -> train base -> train components -> search -> report.
 
-    Stage by stage: split and tokenise the domains; pretrain the base on the general domain; train one component per domain from the base; then, in rounds, merge a proxy for each sampled mixture, evaluate it, fit predictors from mixture to scores and rank a large candidate pool; the chosen mixture is the mean of the top-k. Finally writes report/report.html and report/report.md.
+    Stage by stage: split and tokenise the domains; pretrain the base on the general domain; train one component per domain from the base; then, in rounds, merge a proxy for each sampled set of component weights, evaluate it, fit predictors from component weights to scores and rank a large candidate pool; the chosen mixture is the mean of the top-k, recorded with the data mixture it stands for (what to train on). Finally writes report/report.html and report/report.md.
 
     Every stage reads and writes known files in the run directory (output_dir) and is skipped when already done, so running the same command again after an interruption resumes where it stopped. Logs go to <output_dir>/logs/demix.log, stage times to <output_dir>/timings.json.
     """

@@ -25,11 +25,11 @@ def search_cmd(
         bool, typer.Option("--rescore", help="Evaluate again the stored proxies that were scored under other evaluation or merge settings, and replace their scores.")
     ] = False,
 ) -> None:
-    """Search the data mixture: merge a proxy for each sampled mixture, evaluate it, fit predictors, rank.
+    """Search the data mixture: merge a proxy for each sampled set of component weights, evaluate it, fit predictors, rank.
 
-    Runs the rounds of search.rounds: round 0 samples mixtures around the token prior, later rounds the predicted top region. Every evaluation is committed to the run's store; running the command again on the same run directory resumes, and stored mixtures are never evaluated twice.
+    Runs the rounds of search.rounds: round 0 samples component weights around the token prior, later rounds the predicted top region. Every evaluation is committed to the run's store; running the command again on the same run directory resumes, and stored proxies are never evaluated twice.
 
-    Writes search/round_<r>/ (plan, predictors, CV report, pool, Pareto front) and best_mixture.json. Needs `demix prepare` and trained components first.
+    Writes search/round_<r>/ (plan, predictors, CV report, pool, Pareto front) and best_mixture.json: the chosen component weights and the data mixture they stand for (what to train on; `demix export` writes it). Needs `demix prepare` and trained components first.
     """
     from demix.search import LiveSearchDisplay, search
 
@@ -44,26 +44,41 @@ def search_cmd(
     console.print(plan_table(result.best))
     console.print(
         f"{result.evaluations} evaluations in the store ({result.evaluated_now} new this run); wrote {result.path}\n"
-        f"export it with: demix export {run.root} --to megatron|nemo|nanotron|olmo-core|hf-datasets|mosaic|json",
+        f"export its data mixture with: demix export {run.root} --to megatron|nemo|nanotron|olmo-core|hf-datasets|mosaic|json",
         soft_wrap=True, markup=False,  # paths and the command are for copying: never broken
     )
 
 
 def plan_table(best: BestMixture) -> Table:
-    """The chosen mixture as a training plan: token share, top-k spread, tokens and epochs per domain."""
+    """The chosen mixture as a training plan, per domain: its data mixture (token shares of the
+    training data, what tokens and epochs are computed from), its component weights (the merge
+    coefficients the search ranked) and their top-k spread; the caption says what the two are
+    and the data mixtures the proxies stand for."""
+    from rich.markup import escape
     from rich.table import Table
+
+    from demix.report.tables import mixture_notes
 
     k, pool = (best.top_k.k, best.top_k.pool_size) if best.top_k else ("?", 0)
     spread = best.top_k.spread if best.top_k else {}
-    table = Table(title=f"chosen mixture (mean of top {k} of {pool:,} candidates)")
-    for col in ("domain", "token share", "top-k std", "tokens", "epochs"):
+    data, weights = best.data_mixture or {}, best.component_weights or {}
+    # demix < 0.2 computed tokens and epochs from the component weights, as if they were token shares.
+    tokens, epochs = ({}, {}) if best.legacy else (best.tokens or {}, best.epochs or {})
+    table = Table(
+        title=f"chosen data mixture (mean of the top {k} of {pool:,} candidates)",
+        caption=escape("\n".join(mixture_notes(best))),  # domain names are text, never markup
+        caption_justify="left",
+    )
+    for col in ("domain", "data mixture", "component weight", "top-k std (component weight)", "tokens", "epochs"):
         table.add_column(col, justify="left" if col == "domain" else "right")
-    for d, w in best.weights.items():
-        tokens = (best.tokens or {}).get(d)
-        epochs = (best.epochs or {}).get(d)
+    for d in best.domains:
         std = spread.get(d, {}).get("std")
         table.add_row(
-            d, f"{w:.4f}", f"{std:.4f}" if std is not None else "-",
-            f"{tokens:,}" if tokens is not None else "-", f"{epochs:.2f}" if epochs is not None else "-",
+            d, _cell(data.get(d), ".4f"), _cell(weights.get(d), ".4f"), _cell(std, ".4f"),
+            _cell(tokens.get(d), ","), _cell(epochs.get(d), ".2f"),
         )
     return table
+
+
+def _cell(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)

@@ -31,7 +31,7 @@ MixtureOpt = Annotated[
     typer.Option(
         "--mixture",
         "-m",
-        help="Domain weights summing to 1: general=0.5,math=0.3,code=0.2, JSON, or a .json file.",
+        help="The data mixture to train on (token shares summing to 1): general=0.5,math=0.3,code=0.2, JSON, or a .json file.",
     ),
 ]
 
@@ -91,26 +91,27 @@ def _train_mixture(config, overrides, quiet, mixture: str, role: str) -> None:
     from demix.mixtures import mixture_key, parse_mixture, validate_mixture
     from demix.training import reference_recipe, train_on_mixture
 
-    weights = validate_mixture(parse_mixture(mixture), cfg.data.domain_names, normalize=cfg.merge.normalize)
+    # A model is trained on a data mixture: from a best_mixture.json that is its data_mixture.
+    weights = validate_mixture(parse_mixture(mixture, kind="data"), cfg.data.domain_names, normalize=cfg.merge.normalize)
     key = mixture_key(weights)
     if role == "reference":
         recipe, out = reference_recipe(cfg), run.reference(key)
     else:
         recipe, out = cfg.train.trained_proxy, run.trained_proxy(key)
     shown = ", ".join(f"{d}={w:.3g}" for d, w in weights.items() if w > 0)
-    stage_header(f"train {role.replace('_', ' ')}", f"continuing the base on {shown} for {recipe.tokens:,} tokens", out)
+    stage_header(f"train {role.replace('_', ' ')}", f"continuing the base on the data mixture {shown} for {recipe.tokens:,} tokens", out)
     _print_result(role.replace("_", " "), train_on_mixture(cfg, run, weights, out, recipe, role, show_progress=not quiet))
 
 
 @train_app.command("reference")
 def reference(config: ConfigArg, mixture: MixtureOpt, overrides: OverridesOpt = None, quiet: QuietOpt = False) -> None:
-    """Train a reference model on a mixture (train.reference recipe), the ground truth for proxies."""
+    """Train a reference model on a data mixture (train.reference recipe), the ground truth for proxies."""
     _train_mixture(config, overrides, quiet, mixture, "reference")
 
 
 @train_app.command("trained-proxy")
 def trained_proxy(config: ConfigArg, mixture: MixtureOpt, overrides: OverridesOpt = None, quiet: QuietOpt = False) -> None:
-    """Train a short proxy on a mixture (train.trained_proxy recipe): the RegMix-style baseline."""
+    """Train a short proxy on a data mixture (train.trained_proxy recipe): the RegMix-style baseline."""
     _train_mixture(config, overrides, quiet, mixture, "trained_proxy")
 
 
@@ -123,10 +124,10 @@ def command(
     ] = None,
     reference: Annotated[
         list[str] | None,
-        typer.Option("--reference", "-r", help="Also a reference model on this mixture (repeatable), e.g. general=0.5,math=0.5."),
+        typer.Option("--reference", "-r", help="Also a reference model on this data mixture (repeatable), e.g. general=0.5,math=0.5."),
     ] = None,
     no_components: Annotated[bool, typer.Option("--no-components", help="Only the --reference runs.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Write the mixture files and scripts, print the commands, run nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Write the data-mixture files and scripts, print the commands, run nothing.")] = False,
     register: Annotated[
         bool, typer.Option("--register", help="Run nothing; register the checkpoints that exist (after Slurm jobs finished).")
     ] = False,
@@ -147,7 +148,7 @@ def command(
     check_given_checkpoints(cfg, run)  # before a plan is written or anything runs
 
     roles = () if no_components else ("component",)
-    mixtures = [parse_mixture(m) for m in reference or []]
+    mixtures = [parse_mixture(m, kind="data") for m in reference or []]
     plans = plan_command_runs(cfg, run, roles, mixtures, domain or None)
     out = write_plan(cfg, run, plans)
     if dry_run or (cfg.train.command.slurm and not register):

@@ -45,5 +45,7 @@ def read_record(path: str | Path, what: str, parse: Callable[[Any], T], fix: str
     data = read_run_file(path, fix)
     try:
         return parse(data)
+    except DemixError as exc:  # a reader's own refusal (e.g. a newer format): named with the file
+        raise DemixError(f"'{path}': {exc.what}", exc.fix) from None
     except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
         raise DemixError(f"'{path}' is not {what} ({exc!r})", fix) from None

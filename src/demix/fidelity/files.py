@@ -9,7 +9,9 @@ each with one writer and one reader. docs/fidelity.md ("Files") says what each h
 - ``<kind>.json``: :meth:`demix.fidelity.metrics.FidelityReport.save` / ``load``;
 - ``audit.json``: :meth:`demix.fidelity.audit_report.AuditReport.save` / ``read``.
 
-Readers raise a DemixError naming the file when it is missing or garbled.
+Readers raise a DemixError naming the file when it is missing or garbled. Files of format 1
+(demix before 0.2) are read by migration: their ``weights`` were the component weights of the
+merged proxy and the data mixture of its reference model at once (pairing ``component_weights``).
 """
 
 from __future__ import annotations
@@ -24,30 +26,78 @@ from demix.errors import DemixError
 from demix.fidelity._records import nan_to_none, read_record
 from demix.fidelity.audit_report import AuditFinding
 from demix.fidelity.metrics import FidelityReport
-from demix.fidelity.references import ReferenceMixture
+from demix.fidelity.references import COMPONENT_WEIGHTS, DATA_MIXTURE, PAIRINGS, ReferenceMixture
 from demix.fidelity.statistics import STATISTICS, Statistic
 from demix.rundir import write_json
 
-#: Version of the files this stage writes (bumped when their layout changes).
-FORMAT_VERSION = 1
+#: Version of the files this stage writes (bumped when their layout changes): 2 pairs each
+#: mixture's component weights with the data mixture its reference model was trained on.
+FORMAT_VERSION = 2
+
+
+def _version(data: Mapping[str, Any]) -> int:
+    """The format of a record; a newer one than this demix writes is refused by name."""
+    version = int(data.get("version", 1))
+    if version > FORMAT_VERSION:
+        raise DemixError(f"the fidelity file has format version {version}; this demix reads up to {FORMAT_VERSION}",
+                         "upgrade demix, or run `demix fidelity CONFIG` again to rewrite it")
+    return version
+
+
+def _pairing(data: Mapping[str, Any]) -> str:
+    """The pairing a record was made under: format 1 knew only component_weights."""
+    pairing = str(data.get("pairing", COMPONENT_WEIGHTS if _version(data) < 2 else DATA_MIXTURE))
+    if pairing not in PAIRINGS:
+        raise ValueError(f"unknown pairing {pairing!r} (known: {', '.join(PAIRINGS)})")
+    return pairing
 
 
 # --------------------------------------------------------------------------- mixtures.json
 
 
-def write_mixtures(path: Path, mixtures: Sequence[ReferenceMixture], budgets: Sequence[int]) -> None:
-    """``mixtures.json``: the reference mixtures and the trained-proxy budgets of this stage."""
+@dataclass(frozen=True)
+class MixturesFile:
+    """``mixtures.json``: what the stage set out to train, written before any training."""
+
+    mixtures: list[ReferenceMixture]
+    trained_proxy_budgets: list[int]
+    pairing: str
+    """``fidelity.pairing`` of the stage that wrote it."""
+    mapping: dict[str, Any]
+    """The run's map from component weights to data mixtures (empty in format 1 files)."""
+
+
+def write_mixtures(
+    path: Path,
+    mixtures: Sequence[ReferenceMixture],
+    budgets: Sequence[int],
+    pairing: str = DATA_MIXTURE,
+    mapping: Mapping[str, Any] | None = None,
+) -> None:
+    """``mixtures.json``: the reference mixtures (component weights and data mixture of each),
+    the trained-proxy budgets, the pairing and the map from component weights to data mixtures."""
     write_json(path, {
         "version": FORMAT_VERSION,
+        "pairing": pairing,
+        "mapping": dict(mapping or {}),
         "mixtures": [m.to_dict() for m in mixtures],
         "trained_proxy_budgets": list(budgets),
     })
 
 
+def read_mixtures_file(path: str | Path) -> MixturesFile:
+    """The whole ``mixtures.json`` (format 1 files migrated: pairing component_weights)."""
+    def parse(data: Any) -> MixturesFile:
+        return MixturesFile([ReferenceMixture.from_dict(m) for m in data["mixtures"]],
+                            [int(b) for b in data.get("trained_proxy_budgets", [])], _pairing(data),
+                            dict(data.get("mapping", {})))
+
+    return read_record(path, "a fidelity mixtures file", parse)
+
+
 def read_mixtures(path: str | Path) -> list[ReferenceMixture]:
     """The reference mixtures of a ``mixtures.json``."""
-    return read_record(path, "a fidelity mixtures file",
-                       lambda data: [ReferenceMixture.from_dict(m) for m in data["mixtures"]])
+    return read_mixtures_file(path).mixtures
 
 
 # --------------------------------------------------------------------------- compute.json
@@ -85,8 +135,10 @@ class FidelityScores:
     """Benchmark -> its direction."""
     ratio_scale_capabilities: list[str]
     """Capabilities compared as ``2 ** score`` (see :func:`demix.fidelity.targets.ratio_scale_capabilities`)."""
-    weights: dict[str, dict[str, float]]
-    """Mixture key -> its weights."""
+    component_weights: dict[str, dict[str, float]]
+    """Mixture key -> the component weights of its merged proxy."""
+    data_mixtures: dict[str, dict[str, float]]
+    """Mixture key -> the data mixture its reference model and trained proxies were trained on."""
     scores: dict[str, dict[str, Scores]]
     """Mixture key -> proxy kind (reference, merged, trained@<tokens>) -> scores."""
 
@@ -103,16 +155,21 @@ class FidelityScores:
             "version": FORMAT_VERSION,
             "higher_is_better": dict(self.higher_is_better),
             "ratio_scale_capabilities": list(self.ratio_scale_capabilities),
-            "weights": self.weights,
+            "component_weights": self.component_weights,
+            "data_mixtures": self.data_mixtures,
             "scores": {key: {kind: s.to_dict() for kind, s in per.items()} for key, per in self.scores.items()},
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FidelityScores:
+        # Format 1: one ``weights`` per mixture, the component weights and the references' data at once.
+        old = _version(data) < 2
+        weights = data["weights"] if old else data["component_weights"]
         return cls(
             higher_is_better={b: bool(v) for b, v in data["higher_is_better"].items()},
             ratio_scale_capabilities=list(data["ratio_scale_capabilities"]),
-            weights={k: dict(w) for k, w in data["weights"].items()},
+            component_weights={k: dict(w) for k, w in weights.items()},
+            data_mixtures={k: dict(w) for k, w in (weights if old else data["data_mixtures"]).items()},
             scores={key: {kind: Scores.from_dict(s) for kind, s in per.items()} for key, per in data["scores"].items()},
         )
 
@@ -201,6 +258,12 @@ class FidelityResults:
     audit_warnings: list[AuditFinding] = field(default_factory=list)
     """The merge audit's findings of severity warning or critical."""
     notes: list[str] = field(default_factory=list)
+    pairing: str = DATA_MIXTURE
+    """``fidelity.pairing``: what the reference models were trained on (component_weights in
+    format 1 files, the only pairing then)."""
+    mapping: dict[str, Any] = field(default_factory=dict)
+    """The run's map from component weights to data mixtures
+    (:meth:`demix.data_mixture.MixtureMap.to_dict`; empty in format 1 files)."""
     version: int = FORMAT_VERSION
 
     @property
@@ -220,6 +283,8 @@ class FidelityResults:
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": self.version,
+            "pairing": self.pairing,
+            "mapping": dict(self.mapping),
             "mixtures": [m.to_dict() for m in self.mixtures],
             "proxy_kinds": self.proxy_kinds,
             "reports": {k: r.to_dict() for k, r in self.reports.items()},
@@ -238,7 +303,10 @@ class FidelityResults:
             summary=[SummaryRow.from_dict(r) for r in data.get("summary", [])],
             audit_warnings=[AuditFinding.from_dict(w) for w in data.get("audit_warnings", [])],
             notes=[str(n) for n in data.get("notes", [])],
-            version=int(data.get("version", FORMAT_VERSION)),
+            pairing=_pairing(data),
+            mapping=dict(data.get("mapping", {})),
+            # Read by migration: in memory (and when written again) it is the current format.
+            version=FORMAT_VERSION,
         )
 
     def write(self, path: Path) -> None:

@@ -337,14 +337,18 @@ def paired_difference(
     bootstrap: int | None = None,
     seed: int | None = None,
     confidence: float | None = None,
+    same_references: bool = True,
 ) -> Statistic:
     """Macro Spearman rho of proxies ``a`` minus that of proxies ``b``, with a paired bootstrap
     interval: both are recomputed on the same resamples of the mixtures, so the mixtures both
     rank well or badly cancel out. Is ``a`` *ahead* of ``b``? Yes where the interval lies above 0.
 
     Over the capabilities where both reports define Spearman; the reports must share their
-    mixtures and reference scores (two proxy kinds of one fidelity run). Defaults: ``a``'s
-    bootstrap count, seed and confidence.
+    mixtures and, unless ``same_references`` is False, their reference scores (two proxy kinds
+    of one fidelity run). ``same_references=False`` compares two fidelity runs on the same
+    mixture ids against different reference models (the merged proxies of one set of component
+    weights against references trained under the two ``fidelity.pairing`` options). Defaults:
+    ``a``'s bootstrap count, seed and confidence.
     """
     bootstrap = a.bootstrap if bootstrap is None else bootstrap
     seed = a.seed if seed is None else seed
@@ -359,14 +363,15 @@ def paired_difference(
     n = len(a.mixtures)
     if not caps:
         return Statistic(math.nan, n, reason="no capability has Spearman defined for both")
-    refs, pa, pb = [], [], []
+    refs, refs_b, pa, pb = [], [], [], []
     for c in caps:
         ra = np.array([a.targets[c].scores[m][0] for m in a.mixtures])
         rb = np.array([b.targets[c].scores[m][0] for m in a.mixtures])
-        if not np.allclose(ra, rb, rtol=1e-9, atol=0):
+        if same_references and not np.allclose(ra, rb, rtol=1e-9, atol=0):
             raise DemixError(f"{a.proxy_kind} and {b.proxy_kind} have other reference scores for '{c}'",
-                             "compare two proxy kinds of the same fidelity run")
+                             "compare two proxy kinds of the same fidelity run (or pass same_references=False)")
         refs.append(ra)
+        refs_b.append(rb)
         pa.append(np.array([a.targets[c].scores[m][1] for m in a.mixtures]))
         pb.append(np.array([b.targets[c].scores[m][1] for m in a.mixtures]))
     value = float(np.mean([a.targets[c].spearman.value - b.targets[c].spearman.value for c in caps]))
@@ -374,7 +379,7 @@ def paired_difference(
     if bootstrap > 0:
         # Seeded like compare(), so these are the very resamples behind each report's own interval.
         idx = np.random.default_rng(seed).integers(0, n, size=(bootstrap, n))
-        diffs = np.mean(np.stack([row_spearman(r[idx], x[idx]) - row_spearman(r[idx], y[idx])
-                                  for r, x, y in zip(refs, pa, pb)]), axis=0)
+        diffs = np.mean(np.stack([row_spearman(r[idx], x[idx]) - row_spearman(q[idx], y[idx])
+                                  for r, q, x, y in zip(refs, refs_b, pa, pb)]), axis=0)
         st.ci_low, st.ci_high, st.resamples = percentile_interval(diffs, confidence)
     return st

@@ -203,7 +203,7 @@ class EvaluatedModels:
     def trained_model(
         self, mixture: Mapping[str, float], kind: str, out_dir: Path, recipe: TrainRecipe, role: str
     ) -> ModelScores:
-        """Scores of the model trained on ``mixture`` with ``recipe`` (store kind ``kind``,
+        """Scores of the model trained on the data mixture ``mixture`` with ``recipe`` (store kind ``kind``,
         provenance role ``role``): the stored row when there is one (nothing trained or
         evaluated), else train (or reuse a finished directory), evaluate and store."""
         key = mixture_key(mixture)
@@ -239,7 +239,8 @@ class EvaluatedModels:
         return ev
 
     def reference(self, mixture: Mapping[str, float]) -> ModelScores:
-        """The reference model of ``mixture`` (reference recipe, ``models/references/<key>``)."""
+        """The reference model trained on the data mixture ``mixture`` (reference recipe,
+        ``models/references/<key of the data mixture>``, store kind ``reference`` keyed by it)."""
         from demix.training import reference_recipe
 
         return self.trained_model(
@@ -248,7 +249,8 @@ class EvaluatedModels:
         )
 
     def trained_proxy(self, mixture: Mapping[str, float], tokens: int) -> ModelScores:
-        """The trained proxy of ``mixture`` at a ``tokens`` budget (``models/trained_proxies/<key>@<tokens>``)."""
+        """The trained proxy on the data mixture ``mixture`` at a ``tokens`` budget
+        (``models/trained_proxies/<key of the data mixture>@<tokens>``)."""
         return self.trained_model(
             mixture,
             proxy_kind.trained(tokens),
@@ -258,8 +260,9 @@ class EvaluatedModels:
         )
 
     def merged(self, mixture: Mapping[str, float], builder: Any) -> ModelScores:
-        """Build the merged proxy of ``mixture`` into ``builder.model`` (always: its weights are
-        needed for the proxy gap) and score it, reusing a stored merged evaluation."""
+        """Build the merged proxy of the component weights ``mixture`` into ``builder.model``
+        (always: its weights are needed for the proxy gap) and score it, reusing a stored merged
+        evaluation (keyed by the component weights, as the search's)."""
         builder.build(mixture)
         key = mixture_key(mixture)
         stored, stale = self._stored(mixture, proxy_kind.MERGED)

@@ -1,46 +1,90 @@
-"""Reference mixtures: the mixtures the fidelity stage trains reference models on, and the
-recipes of the trained proxies it compares with the merged ones.
+"""Reference mixtures: the pairs (component weights of a merged proxy, data mixture its reference
+model is trained on) the fidelity stage compares, and the recipes of the trained proxies.
 
-``fidelity.mixtures`` first, then ``fidelity.num_references`` sampled with the search's sampler
-and bounds (seed ``fidelity.seed``). The sample depends only on the config and the domain token
-counts, so a second run gets the same mixtures and reuses their trained models.
+A merged proxy is built from *component weights* ``a``; under DeMix's linear approximation it
+stands for a model trained on the *data mixture* ``data(a) = sum_i a_i m_i``
+(:class:`demix.data_mixture.MixtureMap`). ``fidelity.pairing`` says what its reference model is
+trained on:
+
+- ``data_mixture`` (the default): ``data(a)``, the data the proxy stands for. ``fidelity.mixtures``
+  are then data mixtures, mapped to the component weights that stand for them (one outside the
+  reachable data mixtures is an error);
+- ``component_weights``: ``a`` itself taken as a data mixture (the pairing before 0.2, kept for
+  comparison). ``fidelity.mixtures`` are then component weights.
+
+``fidelity.mixtures`` first, then ``fidelity.num_references`` component weights sampled with the
+search's sampler and bounds (seed ``fidelity.seed``), the same in both pairings. The sample
+depends only on the config, the domain token counts and the mapping, so a second run gets the
+same mixtures and reuses their trained models.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from demix.config import RunConfig, TrainRecipe
+from demix.data_mixture import MixtureMap
 from demix.errors import DemixError
 from demix.mixtures import mixture_key, validate_mixture
+
+if TYPE_CHECKING:
+    from demix.sampling import Bounds
 
 REFERENCE_DRAWS = 4096
 """Candidates drawn for the sampled reference mixtures (the first ``num_references`` distinct
 ones are used), fixed so that the sample of a smaller count is a prefix of a larger one's."""
 
+DATA_MIXTURE = "data_mixture"
+"""Pairing: the reference model is trained on the data mixture the merged proxy stands for."""
+COMPONENT_WEIGHTS = "component_weights"
+"""Pairing: the reference model is trained on the component weights taken as a data mixture (before 0.2)."""
+PAIRINGS = (DATA_MIXTURE, COMPONENT_WEIGHTS)
+
 
 @dataclass(frozen=True)
 class ReferenceMixture:
-    """One mixture the fidelity stage trains a reference model on."""
+    """One comparison of the fidelity stage: the merged proxy of ``component_weights`` (and the
+    trained proxies and reference model of ``data_mixture``)."""
 
     key: str
-    """``mixture_key`` of the weights: the id in the store, in model paths and in every report."""
-    weights: dict[str, float]
+    """``mixture_key`` of the component weights: the id in every report (and the merged proxy's
+    key in the store, as the search's)."""
+    component_weights: dict[str, float]
+    """The merge coefficients of the merged proxy."""
+    data_mixture: dict[str, float]
+    """Token shares the reference model and the trained proxies are trained on: ``data(a)``
+    under the data_mixture pairing, the component weights under component_weights."""
     source: str
     """``given`` (fidelity.mixtures) or ``sampled``."""
 
+    @property
+    def data_key(self) -> str:
+        """``mixture_key`` of the data mixture: the reference model's and trained proxies' key in
+        the store and in model paths (``models/references/<data key>``), whichever pairing led to it."""
+        return mixture_key(self.data_mixture)
+
     def to_dict(self) -> dict[str, Any]:
-        """``{key, source, weights}``, as in ``mixtures.json`` and ``fidelity.json``."""
-        return {"key": self.key, "source": self.source, "weights": self.weights}
+        """``{key, data_key, source, component_weights, data_mixture}``, as in ``mixtures.json`` and ``fidelity.json``."""
+        return {"key": self.key, "data_key": self.data_key, "source": self.source,
+                "component_weights": self.component_weights, "data_mixture": self.data_mixture}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ReferenceMixture:
-        """The inverse of :meth:`to_dict`."""
-        return cls(str(data["key"]), {str(d): float(w) for d, w in data["weights"].items()}, str(data["source"]))
+        """The inverse of :meth:`to_dict`; also reads the files of demix before 0.2, whose
+        ``weights`` were the component weights and the reference's data mixture at once."""
+        if "component_weights" in data:
+            a, d = data["component_weights"], data["data_mixture"]
+        else:
+            a = d = data["weights"]
+        return cls(str(data["key"]), _floats(a), _floats(d), str(data["source"]))
+
+
+def _floats(mixture: Mapping[str, Any]) -> dict[str, float]:
+    return {str(k): float(v) for k, v in mixture.items()}
 
 
 def trained_budgets(config: RunConfig) -> list[int]:
@@ -54,17 +98,26 @@ def trained_recipe(config: RunConfig, tokens: int) -> TrainRecipe:
     return config.train.trained_proxy.model_copy(update={"tokens": int(tokens)})
 
 
-def reference_mixtures(config: RunConfig, token_counts: Mapping[str, float] | None) -> list[ReferenceMixture]:
+def reference_mixtures(
+    config: RunConfig, token_counts: Mapping[str, float] | None, mapping: MixtureMap
+) -> list[ReferenceMixture]:
     """The given mixtures, then ``num_references`` sampled ones (search sampler and bounds, seed
-    ``fidelity.seed``); duplicates (same mixture key) are kept once.
+    ``fidelity.seed``), each paired with its data mixture as ``fidelity.pairing`` says;
+    duplicates (same component weights) are kept once. ``mapping`` is the run's map from
+    component weights to data mixtures (:func:`demix.training.roles.mixture_map`).
 
-    The sample depends only on the config and the domain token counts, so a second run gets the
-    same mixtures and reuses its stored reference models.
+    The sample depends only on the config, the domain token counts and the mapping, so a second
+    run gets the same mixtures and reuses its stored reference models.
     """
-    out = _given_mixtures(config)
+    if tuple(mapping.domains) != tuple(config.data.domain_names):
+        raise DemixError(
+            f"the mixture map is over the domains {list(mapping.domains)}, the run's are {config.data.domain_names}",
+            "build it with demix.training.roles.mixture_map(config, run)",
+        )
+    out = _given_mixtures(config, mapping)
     seen = {m.key for m in out}
     if config.fidelity.num_references > 0:
-        out += _sampled_mixtures(config, token_counts, seen)
+        out += _sampled_mixtures(config, token_counts, mapping, seen)
     if not out:
         raise DemixError(
             "no reference mixtures: fidelity.mixtures is empty and fidelity.num_references is 0",
@@ -73,7 +126,23 @@ def reference_mixtures(config: RunConfig, token_counts: Mapping[str, float] | No
     return out
 
 
-def _given_mixtures(config: RunConfig) -> list[ReferenceMixture]:
+def paired(config: RunConfig, mapping: MixtureMap, weights: Mapping[str, float], source: str) -> ReferenceMixture:
+    """The reference mixture of the component weights ``weights`` under ``fidelity.pairing``."""
+    a = dict(weights)
+    if config.fidelity.pairing == COMPONENT_WEIGHTS:
+        return ReferenceMixture(mixture_key(a), a, dict(a), source)
+    return ReferenceMixture(mixture_key(a), a, _normalised(mapping.data_of(a)), source)
+
+
+def _normalised(mixture: Mapping[str, float]) -> dict[str, float]:
+    # a @ M sums to 1 up to float rounding; the store and demix.json keep exact token shares.
+    total = sum(mixture.values())
+    return {d: float(w) / total for d, w in mixture.items()}
+
+
+def _given_mixtures(config: RunConfig, mapping: MixtureMap) -> list[ReferenceMixture]:
+    """``fidelity.mixtures``: data mixtures (pairing data_mixture) mapped onto the component
+    weights that stand for them, or component weights (pairing component_weights)."""
     domains = config.data.domain_names
     out: list[ReferenceMixture] = []
     seen: set[str] = set()
@@ -82,37 +151,61 @@ def _given_mixtures(config: RunConfig) -> list[ReferenceMixture]:
             w = validate_mixture(m, domains, normalize=config.merge.normalize)
         except DemixError as exc:
             raise DemixError(f"fidelity.mixtures[{i}]: {exc.what}", exc.fix) from None
-        key = mixture_key(w)
-        if key not in seen:
-            seen.add(key)
-            out.append(ReferenceMixture(key, w, "given"))
+        if config.fidelity.pairing == COMPONENT_WEIGHTS:
+            ref = ReferenceMixture(mixture_key(w), w, dict(w), "given")
+        else:
+            a = mapping.components_of(w)
+            if a is None:
+                shown = ", ".join(f"{d} {x:.4g}" for d, x in w.items())
+                raise DemixError(
+                    f"fidelity.mixtures[{i}] (a data mixture: {shown}) is not reachable by merging: the merged "
+                    f"proxies stand for {mapping.region()}",
+                    "give a data mixture inside that region, or set fidelity.pairing: component_weights to give "
+                    "component weights instead",
+                )
+            ref = ReferenceMixture(mixture_key(a), a, w, "given")
+        if ref.key not in seen:
+            seen.add(ref.key)
+            out.append(ref)
     return out
 
 
 def _sampled_mixtures(
-    config: RunConfig, token_counts: Mapping[str, float] | None, seen: set[str]
+    config: RunConfig, token_counts: Mapping[str, float] | None, mapping: MixtureMap, seen: set[str]
 ) -> list[ReferenceMixture]:
-    """``fidelity.num_references`` sampled mixtures whose keys are not in ``seen``."""
+    """``fidelity.num_references`` sampled component weights whose keys are not in ``seen``,
+    paired with their data mixtures."""
     from demix.mixtures import prior_weights
-    from demix.sampling import resolve_bounds, sample_mixtures
+    from demix.sampling import sample_mixtures
 
     domains = config.data.domain_names
     f, s = config.fidelity, config.search
-    bounds = resolve_bounds(domains, s.bounds, token_counts, s.target_tokens)
+    bounds = _search_bounds(config, token_counts, mapping)
     prior = prior_weights(domains, s.sampler.prior, token_counts)
     # A stream of its own ([seed, 7]) so the references never coincide with the search's plan by
     # construction. Always the same number of draws, so the first n are the same whatever n:
-    # raising num_references adds references and keeps (and reuses) the earlier ones.
+    # raising num_references adds references and keeps (and reuses) the earlier ones. The
+    # component weights drawn do not depend on the pairing, so both pairings compare the same
+    # merged proxies (only the reference models differ).
     draws = max(REFERENCE_DRAWS, 2 * f.num_references)
     rows = sample_mixtures(domains, draws, prior, s.sampler, bounds, np.random.default_rng([f.seed, 7]))
     out: list[ReferenceMixture] = []
     seen = set(seen)
     for row in rows:
-        w = {d: float(x) for d, x in zip(domains, row)}
-        key = mixture_key(w)
-        if key not in seen:
-            seen.add(key)
-            out.append(ReferenceMixture(key, w, "sampled"))
+        ref = paired(config, mapping, {d: float(x) for d, x in zip(domains, row)}, "sampled")
+        if ref.key not in seen:
+            seen.add(ref.key)
+            out.append(ref)
             if len(out) == f.num_references:
                 break
     return out
+
+
+def _search_bounds(config: RunConfig, token_counts: Mapping[str, float] | None, mapping: MixtureMap) -> Bounds:
+    """The search's bounds on the component weights, as the search resolves them
+    (``search.bounds`` and ``max_epochs`` bound the data mixture; ``resolve_bounds`` maps them
+    onto the component weights through ``mapping``)."""
+    from demix.sampling import resolve_bounds
+
+    s = config.search
+    return resolve_bounds(config.data.domain_names, s.bounds, token_counts, s.target_tokens, mapping)

@@ -1,20 +1,25 @@
 """The fidelity stage (`demix fidelity`): reference models, merged and trained proxies of the same
 mixtures, and how well each kind of proxy ranks the mixtures like the reference models do.
 
-For each reference mixture (``fidelity.mixtures`` plus ``fidelity.num_references`` sampled with
-the search's sampler and bounds, seeded by ``fidelity.seed``):
+For each reference mixture (``fidelity.mixtures`` plus ``fidelity.num_references`` component
+weights sampled with the search's sampler and bounds, seeded by ``fidelity.seed``), a pair of
+component weights ``a`` and the data mixture the reference is trained on (``fidelity.pairing``:
+by default ``data(a)``, the data the merged proxy stands for; :mod:`demix.fidelity.references`):
 
-1. a **reference model** is trained from the base with the reference recipe (``train.reference``,
-   by default the components' recipe) into ``models/references/<mixture key>/`` and evaluated on
-   the run's benchmarks; the scores go into the store as proxy kind ``reference``;
+1. a **reference model** is trained from the base on the data mixture with the reference recipe
+   (``train.reference``, by default the components' recipe) into
+   ``models/references/<data mixture key>/`` and evaluated on the run's benchmarks; the scores go
+   into the store as proxy kind ``reference``, keyed by that data mixture (a reference trained on
+   the same data is reused whichever component weights led to it);
 2. a **trained proxy** (the RegMix-style baseline) per budget in
-   ``fidelity.trained_proxy_budgets`` (default ``train.trained_proxy.tokens``) is trained with
-   the ``train.trained_proxy`` recipe at that budget into
-   ``models/trained_proxies/<mixture key>@<tokens>/`` and stored as ``trained@<tokens>``;
-3. the **merged proxy** is built in memory and evaluated (stored as ``merged``; an evaluation
-   the search already stored for the same mixture is reused, after the same check of the
-   settings it was scored with as the search's: :mod:`demix.search.settings`), and its weights
-   are compared with the reference model's (:func:`demix.fidelity.audit.proxy_gap`).
+   ``fidelity.trained_proxy_budgets`` (default ``train.trained_proxy.tokens``) is trained on the
+   same data mixture with the ``train.trained_proxy`` recipe at that budget into
+   ``models/trained_proxies/<data mixture key>@<tokens>/`` and stored as ``trained@<tokens>``;
+3. the **merged proxy** of ``a`` is built in memory and evaluated (stored as ``merged``, keyed by
+   its component weights; an evaluation the search already stored for the same component
+   weights is reused, after the same check of the settings it was scored with as the search's:
+   :mod:`demix.search.settings`), and its weights are compared with the reference model's
+   (:func:`demix.fidelity.audit.proxy_gap`).
 
 Nothing is trained or evaluated twice (:class:`demix.fidelity.models.EvaluatedModels`): a
 mixture with a stored row is reused, and a finished model directory is never retrained. Then
@@ -46,7 +51,7 @@ from demix.fidelity.files import (
 )
 from demix.fidelity.metrics import FidelityReport, compare, paired_difference
 from demix.fidelity.models import EvaluatedModels, ModelScores, OnEvent
-from demix.fidelity.references import ReferenceMixture, reference_mixtures, trained_budgets
+from demix.fidelity.references import DATA_MIXTURE, ReferenceMixture, reference_mixtures, trained_budgets
 from demix.fidelity.statistics import Statistic
 from demix.fidelity.targets import (
     OWN_WEIGHT,
@@ -89,10 +94,15 @@ class FidelityResult:
     """Trained proxy kind -> macro rho of merged proxies minus its own, with a paired bootstrap
     interval (:func:`demix.fidelity.metrics.paired_difference`): merged is ahead where it lies above 0."""
 
+    pairing: str = DATA_MIXTURE
+    """``fidelity.pairing``: what the reference models were trained on (:mod:`demix.fidelity.references`)."""
+    mapping: dict[str, Any] = field(default_factory=dict)
+    """The run's map from component weights to data mixtures (:meth:`demix.data_mixture.MixtureMap.to_dict`)."""
+
     def results(self) -> FidelityResults:
         """The content of ``fidelity.json``."""
         return FidelityResults(self.mixtures, self.reports, self.baselines, self.summary, self.audit.warnings(),
-                               self.notes)
+                               self.notes, pairing=self.pairing, mapping=self.mapping)
 
 
 def run_fidelity(
@@ -110,14 +120,17 @@ def run_fidelity(
     ``evaluation.device`` (evaluation and merging; training uses ``train.device``).
     ``on_event(kind, mixture_key, action)`` is called after each model is trained, evaluated or reused.
     """
+    from demix.training.roles import mixture_map
+
     base, comps = _finished_checkpoints(config, run)  # before any training
-    mixtures = reference_mixtures(config, read_token_counts(run, config.data.domain_names))
+    mapping = mixture_map(config, run)
+    mixtures = reference_mixtures(config, read_token_counts(run, config.data.domain_names), mapping)
     budgets = trained_budgets(config)
     files = run.fidelity_files
-    write_mixtures(files.mixtures, mixtures, budgets)
+    write_mixtures(files.mixtures, mixtures, budgets, config.fidelity.pairing, mapping.to_dict())
 
     with EvaluatedModels(config, run, store=store, device=device, progress=progress, on_event=on_event) as models:
-        models.check_search_rows([m.weights for m in mixtures])  # before any training
+        models.check_search_rows([m.component_weights for m in mixtures])  # before any training
         scored = _trained_scores(models, mixtures, budgets)
         audit, notes = _merged_scores(config, run, models, mixtures, scored, base, comps, device)
 
@@ -141,8 +154,11 @@ def run_fidelity(
         notes=notes,
         baselines=baselines,
         differences=differences,
+        pairing=config.fidelity.pairing,
+        mapping=mapping.to_dict(),
     )
-    scores = FidelityScores(dict(directions), sorted(ratio_caps), {m.key: m.weights for m in mixtures}, result.scores)
+    scores = FidelityScores(dict(directions), sorted(ratio_caps), {m.key: m.component_weights for m in mixtures},
+                            {m.key: m.data_mixture for m in mixtures}, result.scores)
     _write(result, scores, files)
     return result
 
@@ -159,13 +175,14 @@ def _finished_checkpoints(config: RunConfig, run: RunDir) -> tuple[Path, dict[st
 
 
 def _trained_scores(models: EvaluatedModels, mixtures: Sequence[ReferenceMixture], budgets: Sequence[int]) -> Scored:
-    """Reference models and trained proxies of every mixture (trained, evaluated or reused)."""
+    """Reference models and trained proxies of every mixture (trained, evaluated or reused), all
+    trained on its data mixture; kept under the mixture's key (its component weights') for the reports."""
     scored: Scored = {REFERENCE: {}, MERGED: {}, **{trained(b): {} for b in budgets}}
     for m in mixtures:
-        scored[REFERENCE][m.key] = models.reference(m.weights)
+        scored[REFERENCE][m.key] = models.reference(m.data_mixture)
     for b in budgets:
         for m in mixtures:
-            scored[trained(b)][m.key] = models.trained_proxy(m.weights, b)
+            scored[trained(b)][m.key] = models.trained_proxy(m.data_mixture, b)
     return scored
 
 
@@ -192,16 +209,17 @@ def _merged_scores(
         builder = ProxyBuilder.from_run(config, run, device or config.evaluation.device)
     notes: list[str] = []
     for m in mixtures:
-        merged = scored[MERGED][m.key] = models.merged(m.weights, builder)
-        ref_dir = run.reference(m.key)
+        merged = scored[MERGED][m.key] = models.merged(m.component_weights, builder)
+        ref_dir = run.reference(m.data_key)
         if is_finished(ref_dir):
             audit.add_gap(proxy_gap(
-                base, builder.state_dict(), ref_dir, mixture_id=m.key, mixture=m.weights,
+                base, builder.state_dict(), ref_dir, mixture_id=m.key, mixture=m.component_weights,
                 proxy_scores=merged.capabilities, reference_scores=scored[REFERENCE][m.key].capabilities,
                 thresholds=thresholds,
             ))
         else:
-            notes.append(f"reference model of {m.key} is not on disk (scores from the store); no proxy gap")
+            notes.append(f"reference model of {m.key} (data mixture {m.data_key}) is not on disk (scores from the "
+                         "store); no proxy gap")
     return audit, notes
 
 
@@ -226,7 +244,9 @@ def _compare(
             confidence=f.confidence, top_fraction=f.top_fraction,
         )
     baselines: dict[str, FidelityReport] = {}
-    own = own_weight_baseline(config, {m.key: m.weights for m in mixtures}, ref_scores, targets)
+    # Ranked by each domain's share of the data the reference was trained on (under the
+    # component_weights pairing that is the component weight itself).
+    own = own_weight_baseline(config, {m.key: m.data_mixture for m in mixtures}, ref_scores, targets)
     if own is not None:
         baselines[OWN_WEIGHT] = own
     return reports, baselines

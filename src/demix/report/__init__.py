@@ -4,9 +4,11 @@
 Everything is read from the run directory (:mod:`demix.report.data`, the one module that reads
 the run's files), so the report can be rebuilt at any time (``demix report RUN_DIR``):
 
-- ``best_mixture.json``: the chosen mixture, its predicted scores with CV errors, the natural
-  (token-proportional) and uniform baseline mixtures;
-- the store: every evaluated merged proxy (weights, measured scores, round);
+- ``best_mixture.json``: the chosen mixture (its data mixture, what to train on, and its
+  component weights, the merge coefficients), its predicted scores with CV errors, the natural
+  (token-proportional) and uniform baseline mixtures (each shown at its nearest reachable data
+  mixture when no proxy stands for it), and the reachable region;
+- the store: every evaluated merged proxy (component weights, measured scores, round);
 - ``search/round_<r>/``: ``cv.json`` (predictor quality per round), ``pool.npz``,
   ``selection.json`` and ``pareto.csv`` of the last round;
 - the base and components (merge-validity audit, :func:`demix.fidelity.audit.audit_components`;

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from demix.config import RunConfig, load_config
+from demix.data_mixture import MixtureMap
 from demix.errors import DemixError
 from demix.rundir import RunDir, read_timings
 from demix.search.files import BestMixture, ObjectiveSpec, Predictions, PredictorSpec, TopK
@@ -27,6 +28,9 @@ if TYPE_CHECKING:  # imported where read: demix.fidelity pulls in scipy
 
 log = logging.getLogger("demix.report")
 T = TypeVar("T")
+
+#: The baseline mixtures the report compares with the chosen one, in its order.
+BASELINES = ("natural", "uniform")
 
 # --------------------------------------------------------------------------- records
 
@@ -91,10 +95,57 @@ class RunData:
         return _searched(self.best.predictor)
 
     @property
-    def mixtures(self) -> dict[str, dict[str, float]]:
-        """Weights of the chosen, natural and uniform mixtures (those present), in that order."""
-        out = {"chosen": self.best.weights}
-        out.update({n: self.best.baselines[n].weights for n in ("natural", "uniform") if n in self.best.baselines})
+    def component_weights(self) -> dict[str, dict[str, float]]:
+        """Component weights (merge coefficients) of the chosen, natural and uniform mixtures
+        (those the file holds), in that order."""
+        b = self.best
+        out = {} if b.component_weights is None else {"chosen": b.component_weights}
+        out.update({n: b.baselines[n].component_weights for n in BASELINES if n in b.baselines})
+        return out
+
+    @property
+    def data_mixtures(self) -> dict[str, dict[str, float]] | None:
+        """Data mixtures (token shares of the training data) of the chosen, natural and uniform
+        mixtures, in that order; a baseline not reachable is at its nearest reachable data
+        mixture. None when no data mixture is known (a file of demix < 0.2)."""
+        b = self.best
+        if b.data_mixture is None:
+            return None
+        out = {"chosen": b.data_mixture}
+        out.update({n: dm for n in BASELINES if n in b.baselines and (dm := b.baselines[n].data_mixture) is not None})
+        return out
+
+    @property
+    def mapping(self) -> MixtureMap | None:
+        """Component weights -> data mixture as ``best_mixture.json`` records it (None when it does not)."""
+        if self.best.mapping is None:
+            return None
+        try:
+            return MixtureMap.from_dict(self.best.mapping)
+        except (DemixError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("report: the mapping of %s cannot be read (%s); data-mixture spread left out",
+                        self.best.path or "best_mixture.json", exc)
+            return None
+
+    @property
+    def data_spread(self) -> dict[str, float | None]:
+        """Standard deviation of each domain's data share over the top-k candidates, from their
+        component-weight spread through the mapping: a share affine in one component weight
+        (``offset + slope x a``, every domain of the standard recipe) has std ``|slope| x std(a)``;
+        one that mixes several weights needs their covariance, which the file does not hold (None)."""
+        mapping, spread = self.mapping, self.top_k.spread
+        if mapping is None or not spread:
+            return {}
+        out: dict[str, float | None] = {}
+        for j, d in enumerate(mapping.domains):
+            term = mapping.term(j)
+            if term is None:
+                out[d] = None
+            elif term.component is None:
+                out[d] = 0.0
+            else:
+                std = spread.get(mapping.domains[term.component], {}).get("std")
+                out[d] = None if std is None else abs(term.slope) * float(std)
         return out
 
     @property

@@ -13,32 +13,67 @@ from demix.report.plotting import COLORS, ROUND_COLORS, Figure, capability_axis,
 
 
 def fig_weights(data: RunData, path: Path) -> Figure:
-    """Bars of the chosen mixture (top-k spread as error bars) beside the baseline mixtures."""
+    """Bars of the chosen data mixture (top-k spread as error bars) beside the baseline data
+    mixtures; the component weights are in the table above it. A file of demix < 0.2 knows no
+    data mixture: its component weights are drawn, labelled so."""
     plt = pyplot()
-    mixtures = data.mixtures
+    data_mixtures = data.data_mixtures
+    mixtures = data_mixtures if data_mixtures is not None else data.component_weights
+    kind = "data mixture" if data_mixtures is not None else "component weights"
+    spread: dict[str, float | None] = (
+        data.data_spread if data_mixtures is not None else {d: s.get("std") for d, s in data.top_k.spread.items()}
+    )
     domains = data.domains
-    fig, ax = plt.subplots(figsize=(max(6.5, 1.6 * len(domains) + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(max(7.5, 1.6 * len(domains) + 2), 4.4))
     width = 0.8 / len(mixtures)
     x = np.arange(len(domains))
-    spread = data.top_k.spread
+    baselines = data.best.baselines
     labels = {"chosen": f"chosen (top-{data.top_k.k} mean, ±1 std)", "natural": "natural (token-proportional)"}
+    unreachable: list[str] = []
     for i, (name, w) in enumerate(mixtures.items()):
         vals = [w[d] for d in domains]
-        err = [spread[d]["std"] for d in domains] if name == "chosen" and spread else None
-        bars = ax.bar(x + (i - (len(mixtures) - 1) / 2) * width, vals, width, yerr=err, capsize=3,
-                      label=labels.get(name, name), color=COLORS[name])
+        err = None
+        if name == "chosen" and spread and all(spread.get(d) is not None for d in domains):
+            err = [spread[d] for d in domains]
+        target = None
+        if data_mixtures is not None and name in baselines and baselines[name].reachable is False:
+            target = baselines[name].data_target
+            unreachable.append(name)
+        label = labels.get(name, name) + (", nearest reachable" if name in unreachable else "")
+        pos = x + (i - (len(mixtures) - 1) / 2) * width
+        bars = ax.bar(pos, vals, width, yerr=err, capsize=3, label=label, color=COLORS[name])
         ax.bar_label(bars, labels=[f"{v:.2f}" for v in vals], fontsize=9, padding=2)
+        if target is not None:  # the baseline as defined, which no proxy stands for
+            ax.scatter(pos, [target.get(d, 0.0) for d in domains], marker="_", s=300, linewidths=2.5, color="black",
+                       zorder=4, label=f"{name} as defined (not reachable)")
     ax.set_xticks(x, domains)
     ax.set_xlabel("domain")
-    ax.set_ylabel("weight (token share)")
+    ax.set_ylabel("data share (token share)" if data_mixtures is not None else "component weight (merge coefficient)")
     # Headroom above the tallest bar (and its error bar) so the legend, above the axes, hides nothing.
-    ax.set_ylim(0, min(1.05, max(max(w.values()) for w in mixtures.values()) * 1.3 + 0.05))
-    ax.set_title("Mixture weights: chosen vs natural vs uniform", pad=30)
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(mixtures), fontsize=9, frameon=False)
+    tallest = max([max(w.values()) for w in mixtures.values()]
+                  + [max((baselines[n].data_target or {}).values(), default=0.0) for n in unreachable])
+    ax.set_ylim(0, min(1.05, tallest * 1.3 + 0.05))
+    # Bars first, in mixture order, then the markers of the baselines as defined (a second row).
+    handles, names = ax.get_legend_handles_labels()
+    order = sorted(range(len(names)), key=lambda i: names[i].endswith("(not reachable)"))
+    ncol = len(mixtures) if not unreachable else 2  # a 2 x 2 grid reads better than 3 + 1
+    ax.set_title(f"Chosen {kind} vs natural vs uniform", pad=30 if not unreachable else 44)
+    ax.legend([handles[i] for i in order], [names[i] for i in order], loc="lower center", bbox_to_anchor=(0.5, 1.0),
+              ncol=ncol, fontsize=9, frameon=False)
     save(fig, path)
-    return Figure("weights", "Chosen mixture", "Weight of each domain in the chosen mixture (mean of the top-k "
-                  "candidates; error bars: their standard deviation) beside the natural (token-proportional) and "
-                  "uniform mixtures.", path)
+    if data_mixtures is None:
+        caption = ("Component weights (merge coefficients) of the chosen mixture (mean of the top-k candidates; error "
+                   "bars: their standard deviation) beside the natural and uniform mixtures. This best_mixture.json "
+                   "was written by demix < 0.2: no data mixture is known.")
+    else:
+        region = (data.best.mapping or {}).get("region")
+        caption = ("Data mixture (token shares of the training data) of the chosen mixture (mean of the top-k "
+                   "candidates; error bars: their standard deviation) beside the natural (token-proportional) and "
+                   "uniform data mixtures. Their component weights are in the table above."
+                   + (f" The proxies stand for {region}." if region else "")
+                   + (" A baseline that is not reachable is drawn at its nearest reachable data mixture, with the "
+                      "baseline as defined marked in black." if unreachable else ""))
+    return Figure("weights", f"Chosen {kind}", caption, path)
 
 
 def fig_predicted_vs_measured(data: RunData, path: Path) -> Figure | None:
@@ -114,9 +149,10 @@ def fig_weight_histograms(data: RunData, path: Path) -> Figure | None:
     if not data.evaluations:
         return None
     domains = data.domains
+    # The store keys proxies by their component weights: the histograms are of those.
     W = np.array([[e.weights.get(d, 0.0) for d in domains] for e in data.evaluations])
     rounds = np.array([e.round if e.round is not None else -1 for e in data.evaluations])
-    mixtures = data.mixtures
+    mixtures = data.component_weights
     from matplotlib.ticker import MaxNLocator
 
     plt, fig, axes = grid(len(domains), max_cols=4, size=(3.9, 3.3))
@@ -126,19 +162,20 @@ def fig_weight_histograms(data: RunData, path: Path) -> Figure | None:
         ax.hist([W[rounds == r, k] for r in labels], bins=bins, stacked=True,
                 color=[ROUND_COLORS[r % len(ROUND_COLORS)] for r in labels],
                 label=[f"round {r}" if r >= 0 else "other" for r in labels])
-        ax.axvline(mixtures["chosen"][d], color=COLORS["chosen"], lw=2, label="chosen")
+        if "chosen" in mixtures:
+            ax.axvline(mixtures["chosen"][d], color=COLORS["chosen"], lw=2, label="chosen")
         if "natural" in mixtures:
             ax.axvline(mixtures["natural"][d], color=COLORS["natural"], lw=2, ls="--", label="natural")
         ax.set_title(d)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel(f"weight of {d}")
+        ax.set_xlabel(f"component weight of {d}")
         ax.set_ylabel("evaluated proxies")
     axes[0].legend(fontsize=9)
-    fig.suptitle(f"Weights of the {len(W)} evaluated mixtures, per domain and round", fontsize=12)
+    fig.suptitle(f"Component weights of the {len(W)} evaluated proxies, per domain and round", fontsize=12)
     save(fig, path)
-    return Figure("weight_histograms", "Evaluated mixtures", "Per domain, the weights of the mixtures whose merged "
-                  "proxies were evaluated, stacked by search round (later rounds sample the predicted top region).",
-                  path)
+    return Figure("weight_histograms", "Evaluated mixtures", "Per domain, the component weights (merge coefficients) "
+                  "of the evaluated merged proxies, stacked by search round (later rounds sample the predicted top "
+                  "region); lines: the chosen and natural mixtures' component weights.", path)
 
 
 def fig_pool(data: RunData, path: Path) -> Figure | None:

@@ -15,6 +15,7 @@ from demix.report.tables import (
     Table,
     audit_rows,
     fidelity_rows,
+    mixture_notes,
     plan_rows,
     summary_rows,
     timing_rows,
@@ -49,6 +50,7 @@ def _chosen_section(data: RunData, figures: dict[str, Figure]) -> Section:
              f"({predictor.kind} predictors). Predicted scores are higher-is-better.")
     if objective.constraints:
         intro += f" Constraints: {', '.join(objective.constraints)}."
+    intro += " " + " ".join(mixture_notes(data.best))
     return "Chosen mixture", intro, [summary_rows(data), plan_rows(data), figures.get("weights")]
 
 

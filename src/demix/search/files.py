@@ -21,7 +21,10 @@ from demix.rundir import read_run_file, write_json
 
 T = TypeVar("T")
 
-TOKEN_SHARE_UNIT = "token share (fraction of training tokens drawn from each domain)"
+DATA_MIXTURE_UNIT = (
+    "data_mixture: token shares of the training data (fraction of training tokens drawn from each domain); "
+    "component_weights: merge coefficients of the proxies"
+)
 #: The fix of a garbled search file: the search writes it again.
 RERUN = "rerun `demix search` on the run directory (it writes the search's files again)"
 
@@ -114,17 +117,32 @@ class Predictions:
 
 @dataclass
 class Baseline:
-    """A baseline mixture (natural: token-proportional; uniform) and its predicted scores."""
+    """A baseline data mixture (natural: token-proportional; uniform), the component weights
+    standing for it and their predicted scores. When the baseline is not reachable (the proxies
+    stand for data mixtures with general >= the general share), the component weights are those
+    of the nearest reachable data mixture, and ``data_mixture`` is that one."""
 
-    weights: dict[str, float]
+    component_weights: dict[str, float]
     predicted: Predictions
+    data_mixture: dict[str, float] | None = None
+    """The data mixture the component weights stand for (None in files of demix < 0.2)."""
+    data_target: dict[str, float] | None = None
+    """The baseline as defined, in token shares."""
+    reachable: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"weights": self.weights, "predicted": self.predicted.to_dict()}
+        return {"data_mixture": self.data_mixture, "component_weights": self.component_weights,
+                "data_target": self.data_target, "reachable": self.reachable, "predicted": self.predicted.to_dict()}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Baseline:
-        return cls(json_mixture(d["weights"]), Predictions.from_dict(d["predicted"]))
+        if "component_weights" not in d:  # demix < 0.2: "weights" were component weights
+            return cls(json_mixture(d["weights"]), Predictions.from_dict(d["predicted"]))
+        data = d.get("data_mixture")
+        target = d.get("data_target")
+        return cls(json_mixture(d["component_weights"]), Predictions.from_dict(d["predicted"]),
+                   None if data is None else json_mixture(data), None if target is None else json_mixture(target),
+                   d.get("reachable"))
 
 
 @dataclass
@@ -184,29 +202,45 @@ class RoundSummary:
     round: int
     planned: int
     evaluations: int
-    weights: dict[str, float]
+    component_weights: dict[str, float]
+    data_mixture: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"round": self.round, "planned": self.planned, "evaluations": self.evaluations, "weights": self.weights}
+        return {"round": self.round, "planned": self.planned, "evaluations": self.evaluations,
+                "component_weights": self.component_weights, "data_mixture": self.data_mixture}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RoundSummary:
-        return cls(d["round"], json_number(d["planned"], "rounds[].planned"), d["evaluations"], json_mixture(d["weights"]))
+        data = d.get("data_mixture")
+        weights = d["component_weights"] if "component_weights" in d else d["weights"]  # "weights": demix < 0.2
+        return cls(d["round"], json_number(d["planned"], "rounds[].planned"), d["evaluations"], json_mixture(weights),
+                   None if data is None else json_mixture(data))
 
 
 @dataclass
 class BestMixture:
-    """``best_mixture.json``: the chosen mixture (token shares) and what it rests on.
+    """``best_mixture.json``: the chosen mixture and what it rests on.
 
-    Only ``weights`` is required to read a file (hand-written or older files work with the
-    exporters); a search fills every field. The budget fields exist when the domain token counts
-    are known, the document fields when the document counts are too."""
+    Two mixtures, never blurred (glossary): ``data_mixture``, the token shares of the training
+    data the winning proxies stand for (what a user trains on; ``tokens`` and ``epochs`` are
+    computed from it; exporters write it), and ``component_weights``, the merge coefficients the
+    search ranked and the predictors were fitted on. ``mapping`` records how one gives the other
+    (each component's training mixture) and the reachable region.
 
-    weights: dict[str, float]
+    A search fills every field. A hand-written file needs only ``data_mixture`` (or
+    ``component_weights``). A file of demix < 0.2 holds ``weights``, which were component weights
+    labelled as token shares: it is read with ``legacy`` set, its ``weights`` as the component
+    weights, and :meth:`mixture` refuses to call them a data mixture."""
+
+    component_weights: dict[str, float] | None = None
+    data_mixture: dict[str, float] | None = None
     unit: str | None = None
+    mapping: dict[str, Any] | None = None
+    """:meth:`demix.data_mixture.MixtureMap.to_dict`: formula, region, each component's training mixture."""
     target_tokens: int | None = None
     domain_tokens: dict[str, int] | None = None
     tokens: dict[str, int] | None = None
+    """Training tokens per domain at ``target_tokens``: data mixture x target."""
     epochs: dict[str, float | None] | None = None
     """Passes over each domain's data at ``target_tokens`` (None for a domain without tokens)."""
     domain_documents: dict[str, int] | None = None
@@ -219,22 +253,61 @@ class BestMixture:
     predictor: PredictorSpec | None = None
     rounds: list[RoundSummary] = field(default_factory=list)
     mixture_key: str | None = None
+    """``mixture_key`` of the component weights (the store's key of their proxy)."""
     components: str | None = None
     """Fingerprint of the base and components the proxies were merged from (None: none on disk)."""
     settings: str | None = None
     """Fingerprint of the evaluation and merge settings the proxies were scored with
     (:class:`demix.search.settings.ScoringSettings`; None in files written before it was recorded)."""
+    legacy: bool = False
+    """Read from a file of demix < 0.2 (its ``weights`` were component weights)."""
+    path: Path | None = None
+    """The file it was read from (not written)."""
+
+    def __post_init__(self) -> None:
+        if self.component_weights is None and self.data_mixture is None:
+            raise ValueError("it holds neither data_mixture nor component_weights")
 
     @property
     def domains(self) -> list[str]:
-        return list(self.weights)
+        return list(self.data_mixture if self.data_mixture is not None else self.component_weights or {})
+
+    def mixture(self, which: str = "data") -> dict[str, float]:
+        """The data mixture (``which="data"``, what to train on) or the component weights
+        (``"components"``); a DemixError when the file does not hold that one."""
+        where = f"'{self.path}'" if self.path else "best_mixture.json"
+        if which == "components":
+            if self.component_weights is None:
+                raise DemixError(f"{where} holds no component weights (a hand-written data mixture)",
+                                 "export its data mixture (the default, --weights data)")
+            return self.component_weights
+        if which != "data":
+            raise DemixError(f"unknown mixture kind '{which}'", "use 'data' (the data mixture) or 'components'")
+        if self.data_mixture is None:
+            if self.legacy:
+                raise DemixError(
+                    f"{where} was written by demix < 0.2: its 'weights' {_short(self.component_weights)} are the "
+                    "component weights of the merged proxies, not the data mixture to train on (every component was "
+                    "trained on part general data, so the data they stand for has more general data)",
+                    "rerun `demix search` on the run directory (finished rounds are read back, nothing is evaluated "
+                    "again) to write both, or export the component weights knowingly with --weights components",
+                )
+            raise DemixError(f"{where} holds no data mixture", "rerun `demix search`, or use --weights components")
+        return self.data_mixture
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object, in the order the search always wrote it. Unset fields are left out,
-        except the two a search always records, null meaning unknown: target_tokens and components."""
+        """The JSON object. Unset fields are left out, except the two a search always records,
+        null meaning unknown: target_tokens and components."""
         searched = self.predicted is not None
-        out: dict[str, Any] = {"weights": self.weights}
-        for name in ("unit", "target_tokens", "domain_tokens", "tokens", "epochs", "domain_documents", "mean_document_tokens"):
+        out: dict[str, Any] = {}
+        if self.legacy:
+            out["weights"] = self.component_weights
+        else:
+            for name in ("data_mixture", "component_weights"):
+                if getattr(self, name) is not None:
+                    out[name] = getattr(self, name)
+        for name in ("unit", "mapping", "target_tokens", "domain_tokens", "tokens", "epochs", "domain_documents",
+                     "mean_document_tokens"):
             value = getattr(self, name)
             if value is not None or (name == "target_tokens" and searched):
                 out[name] = value
@@ -259,9 +332,14 @@ class BestMixture:
         def opt(key: str, build: Callable[[Any], Any]) -> Any:
             return None if d.get(key) is None else build(d[key])
 
+        legacy = "weights" in d and "component_weights" not in d and "data_mixture" not in d
+        if not legacy and "component_weights" not in d and "data_mixture" not in d:
+            raise KeyError("data_mixture")
         return cls(
-            weights=json_mixture(d["weights"]),
+            component_weights=json_mixture(d["weights"]) if legacy else opt("component_weights", json_mixture),
+            data_mixture=None if legacy else opt("data_mixture", json_mixture),
             unit=d.get("unit"),
+            mapping=opt("mapping", dict),
             target_tokens=opt("target_tokens", lambda x: json_number(x, "target_tokens")),
             domain_tokens=opt("domain_tokens", lambda x: json_numbers(x, "domain_tokens")),
             tokens=opt("tokens", lambda x: json_numbers(x, "tokens")),
@@ -277,6 +355,7 @@ class BestMixture:
             mixture_key=d.get("mixture_key"),
             components=d.get("components"),
             settings=d.get("settings"),
+            legacy=legacy,
         )
 
     def write(self, path: str | Path) -> None:
@@ -284,4 +363,10 @@ class BestMixture:
 
     @classmethod
     def read(cls, path: str | Path) -> BestMixture:
-        return read_record(path, "best_mixture.json", "run `demix search` first (it writes best_mixture.json)", cls.from_dict)
+        best = read_record(path, "best_mixture.json", "run `demix search` first (it writes best_mixture.json)", cls.from_dict)
+        best.path = Path(path)
+        return best
+
+
+def _short(weights: Mapping[str, float] | None) -> str:
+    return "{" + ", ".join(f"{d} {w:.3g}" for d, w in (weights or {}).items()) + "}"

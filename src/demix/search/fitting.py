@@ -1,5 +1,6 @@
-"""Fitting: predictors for every capability and benchmark on the evaluations so far, with the
-k-fold CV report of each."""
+"""Fitting: predictors from component weights (the merge coefficients each proxy was built
+from, as the store keys it) to every capability and benchmark on the evaluations so far, with
+the k-fold CV report of each."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ class Fit:
         return self.cv.higher_is_better
 
     def predict(self, w: np.ndarray) -> Predictions:
-        """Predicted scores of one mixture with each predictor's CV error (benchmarks in raw units)."""
+        """Predicted scores of the proxy of component weights ``w`` (K,) with each predictor's CV
+        error (benchmarks in raw units)."""
 
         def one(value: float, cv: TargetCv, hib: bool | None = None) -> Prediction:
             return Prediction(value, cv.rmse, cv.mae, cv.spearman, cv.n, hib)
@@ -65,7 +67,7 @@ class Fit:
 def training_data(
     evaluations: Sequence[Evaluation], domains: Sequence[str], higher_is_better: Mapping[str, bool]
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Mixtures (n, K), capability scores and sign-corrected benchmark scores (higher is better)."""
+    """Component weights (n, K), capability scores and sign-corrected benchmark scores (higher is better)."""
     if not evaluations:
         raise DemixError("no finished evaluations to fit predictors on", "evaluate at least a few mixtures")
     unknown = sorted({d for e in evaluations for d in e.weights if d not in domains})

@@ -1,6 +1,13 @@
 """The search loop: evaluate proxies for sampled mixtures, fit predictors, rank a candidate
 pool, pick the mean of the top-k, and repeat in the predicted top region.
 
+Everything the loop samples, evaluates, fits and ranks is *component weights* (the merge
+coefficients of a proxy; the store keys proxies by them). The run's map to the *data mixture*
+they stand for (:func:`demix.training.roles.mixture_map`: each component's training mixture)
+enters where the data mixture is meant: ``search.bounds`` (data shares, mapped exactly onto the
+component weights), ``weight.<domain>`` constraints, the baselines (natural and uniform data
+mixtures) and ``best_mixture.json`` (both mixtures; tokens and epochs of the data mixture).
+
 Round r (sizes in ``search.rounds``):
 
 1. *Plan* (:mod:`~demix.search.planning`): round 0 samples the (bounded) simplex around the
@@ -33,6 +40,7 @@ import numpy as np
 
 from demix import proxy_kind as kinds
 from demix.config import RunConfig
+from demix.data_mixture import MixtureMap
 from demix.errors import DemixError
 from demix.executors.base import Executor, LocalExecutor, evaluate_planned
 from demix.mixtures import mixture_key, prior_weights
@@ -69,7 +77,7 @@ class SearchEvent:
     done: int = 0
     """round_started: planned mixtures already in the store."""
     mixture: dict[str, float] | None = None
-    """proxy_evaluated: the mixture just committed to the store."""
+    """proxy_evaluated: the component weights of the proxy just committed to the store."""
     ranking: Ranking | None = None
     """round_ranked: the ranked pool after the round."""
     evaluations: int = 0
@@ -83,7 +91,10 @@ OnEvent = Callable[[SearchEvent], None]
 class SearchResult:
     """What a search found; the same content is in ``best_mixture.json``."""
 
-    weights: dict[str, float]
+    component_weights: dict[str, float]
+    """The chosen component weights (top-k mean): what the search ranked."""
+    data_mixture: dict[str, float]
+    """The data mixture they stand for: what to train on."""
     best: BestMixture
     evaluations: int
     """Evaluations in the store the last predictors were fitted on."""
@@ -127,8 +138,11 @@ def _check_components_unchanged(evaluations: Sequence[Evaluation], fingerprint: 
         )
 
 
-def _sampling_space(config: RunConfig, token_counts: Mapping[str, float] | None) -> tuple[Bounds, np.ndarray]:
-    """Bounds and prior of the sampled mixtures, after checking the objective: a bad objective
+def _sampling_space(
+    config: RunConfig, token_counts: Mapping[str, float] | None, mapping: MixtureMap
+) -> tuple[Bounds, np.ndarray]:
+    """Bounds (data-share bounds mapped onto the component weights) and prior (over the
+    component weights) of the sampled mixtures, after checking the objective: a bad objective
     or infeasible bounds fail before any proxy is evaluated."""
     s = config.search
     domains = config.data.domain_names
@@ -137,7 +151,8 @@ def _sampling_space(config: RunConfig, token_counts: Mapping[str, float] | None)
     expected = expected_capabilities(config)
     parse_constraints(s.constraints, expected, domains)
     capability_weights(expected, s.capability_weights)
-    bounds = resolve_bounds(domains, s.bounds, token_counts, s.target_tokens)
+    bounds = resolve_bounds(domains, s.bounds, token_counts, s.target_tokens, mapping)
+    # The prior is over component weights, centred at the domain token shares (as it always was).
     return bounds, prior_weights(domains, s.sampler.prior, token_counts)
 
 
@@ -149,16 +164,17 @@ class _Rounds:
     def __init__(
         self, config: RunConfig, store: Store, executor: Executor, proxy_kind: str,
         token_counts: Mapping[str, float] | None, fingerprint: str | None, on_event: OnEvent,
-        space: tuple[Bounds, np.ndarray],
+        space: tuple[Bounds, np.ndarray], mapping: MixtureMap,
     ) -> None:
         self.config, self.store, self.executor = config, store, executor
         self.proxy_kind, self.token_counts, self.fingerprint, self.on_event = proxy_kind, token_counts, fingerprint, on_event
         self.domains = config.data.domain_names
+        self.mapping = mapping
         self.bounds, self.prior = space
         self.planner = Planner(config, *space)
         self.scoring = ScoringSettings.of(config)
         self.settings: dict[str, str | None] = {
-            "search": ranking_fingerprint(config, token_counts), "scoring": self.scoring.fingerprint, "components": fingerprint,
+            "search": ranking_fingerprint(config, token_counts, mapping), "scoring": self.scoring.fingerprint, "components": fingerprint,
         }
         self.ranking: Ranking | None = None
         self.fit: Fit | None = None
@@ -247,9 +263,14 @@ class _Rounds:
             log.warning("round %d: its files cannot be read back (%s); fitting and ranking it again", r, exc)
             return False
         self.fit, self.ranking = fit, ranking
-        self.summaries.append(RoundSummary(r, planned, fit.n, selection.weights))
+        self.summaries.append(self.summary(r, planned, fit.n, selection))
         self.on_event(SearchEvent(ROUND_RANKED, r, ranking=ranking, evaluations=fit.n))
         return True
+
+    def summary(self, r: int, planned: int, evaluations: int, selection: Selection) -> RoundSummary:
+        """The round in ``best_mixture.json``: its top-k mean as component weights (what the
+        round file holds) and as the data mixture they stand for."""
+        return RoundSummary(r, planned, evaluations, selection.weights, self.mapping.data_of(selection.weights))
 
     def fit_and_rank(self, r: int, planned: int, files: RoundFiles, higher_is_better: Mapping[str, bool] | None) -> None:
         """Fit on the evaluations of the rounds so far, rank a fresh pool, write the round's files."""
@@ -268,9 +289,9 @@ class _Rounds:
         files.selection.unlink(missing_ok=True)
         self.fit.write(files)
         pool = sample_mixtures(self.domains, s.pool_size, self.prior, s.sampler, self.bounds, rng_for(s.seed, r, 1))
-        self.ranking = rank_pool(pool, self.fit, self.config, self.token_counts)
+        self.ranking = rank_pool(pool, self.fit, self.config, self.token_counts, self.mapping)
         selection = self.ranking.write(files, self.domains, self.fit.n, self.settings)
-        self.summaries.append(RoundSummary(r, planned, self.fit.n, selection.weights))
+        self.summaries.append(self.summary(r, planned, self.fit.n, selection))
         self.on_event(SearchEvent(ROUND_RANKED, r, ranking=self.ranking, evaluations=self.fit.n))
 
 
@@ -300,11 +321,17 @@ def run_search(
     ``evaluation.*``, ``merge.*``) are refused with an error naming what changed; with
     ``rescore`` they are evaluated again under this config's settings and replaced in place.
     Finished rounds are read back from their files, never fitted or written again.
+
+    The map from component weights to the data mixture is the run's
+    (:func:`demix.training.roles.mixture_map`: each component's recorded, declared or recipe
+    training mixture); ``best_mixture.json`` records it as ``mapping``.
     """
     from demix.checkpoints import components_fingerprint
+    from demix.training.roles import mixture_map
 
     s = config.search
-    space = _sampling_space(config, token_counts)
+    mapping = mixture_map(config, run)
+    space = _sampling_space(config, token_counts, mapping)
     documents = read_document_counts(run, config.data.domain_names)
     own_store = store is None
     store = store or Store(config.store.url or run.store_url, lease_seconds=config.store.lease_seconds)
@@ -315,7 +342,7 @@ def run_search(
             executor = LocalExecutor(scorer)
         fingerprint = components_fingerprint(config, run)
         rounds = _Rounds(
-            config, store, executor, proxy_kind, token_counts, fingerprint, on_event or (lambda e: None), space
+            config, store, executor, proxy_kind, token_counts, fingerprint, on_event or (lambda e: None), space, mapping
         )
         # Never print a server URL: it may hold a password.
         store_name = rounds.store_name = "of store.url" if config.store.url else str(run.store_file)
@@ -335,12 +362,15 @@ def run_search(
             rounds.run(r, n, run.round_files(r), higher_is_better)
         assert rounds.ranking is not None and rounds.fit is not None
         best = best_mixture(config, rounds.ranking, rounds.fit, token_counts, documents, rounds.summaries, fingerprint,
-                            rounds.scoring.fingerprint)
+                            rounds.scoring.fingerprint, mapping)
         best.write(run.best_mixture)
+        best.path = run.best_mixture  # as if read back: errors about it name the file
     finally:
         if own_store:
             store.close()
-    return SearchResult(best.weights, best, rounds.fit.n, rounds.evaluated_now, rounds.summaries, run.best_mixture)
+    assert best.component_weights is not None and best.data_mixture is not None
+    return SearchResult(best.component_weights, best.data_mixture, best, rounds.fit.n, rounds.evaluated_now,
+                        rounds.summaries, run.best_mixture)
 
 
 def search(

@@ -1,7 +1,8 @@
-"""Each round's plan: the mixtures it evaluates, written to ``planned.json`` before the first
-evaluation and read back on resume.
+"""Each round's plan: the component weights of the proxies it evaluates, written to
+``planned.json`` before the first evaluation and read back on resume.
 
-Round 0 samples the (bounded) simplex around the prior; round r > 0 draws from the top region
+Round 0 samples the component weights inside the bounds (data-share bounds mapped onto them,
+:func:`demix.sampling.resolve_bounds`) around the prior; round r > 0 draws from the top region
 (the best ``search.region_size`` candidates, default top_k) of round r - 1's ranked pool,
 skipping mixtures the store already held. Both come from the seed alone, so a plan can be drawn
 again. A round whose ``planned.json`` is lost (deleted because it was corrupt, as its error

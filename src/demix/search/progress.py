@@ -1,5 +1,7 @@
 """The live display of a search in the terminal: a progress bar of the round's proxies and a
-table of the best predicted mixtures after each round (rich).
+table of the best predicted component weights after each round (rich). The table shows
+component weights, what the search ranks; the data mixture they stand for is in
+``best_mixture.json`` and the summary printed at the end.
 
     with LiveSearchDisplay(config.data.domain_names, enabled=not quiet) as display:
         search(config, run, on_event=display)
@@ -47,7 +49,7 @@ class LiveSearchDisplay:
         )
         self._group = Group
         kwargs = {"console": self.console} if self.console is not None else {}
-        self._live = Live(Group(self._progress, Table(title="best predicted mixtures (none yet)")),
+        self._live = Live(Group(self._progress, Table(title="best predicted component weights (none yet)")),
                           refresh_per_second=4, transient=False, **kwargs)
         self._live.start()
 
@@ -65,13 +67,15 @@ class LiveSearchDisplay:
             self._live.update(self._group(self._progress, self.table(event.round, event.ranking, event.evaluations)))
 
     def table(self, r: int, ranking: Ranking, evaluations: int) -> Any:
-        """The top-k mean and the best-ranked candidates: weights, predicted capabilities, objective."""
+        """The top-k mean and the best-ranked candidates: component weights, predicted
+        capabilities, objective."""
         from rich.table import Table
 
-        table = Table(title=f"best predicted mixtures after round {r} ({evaluations} evaluations)")
+        table = Table(title=f"best predicted component weights after round {r} ({evaluations} evaluations)",
+                      caption="component weights: the merge coefficients of each proxy (not the data mixture)")
         table.add_column("#")
         for d in self.domains:
-            table.add_column(d, justify="right")
+            table.add_column(f"component {d}", justify="right")
         for c in ranking.capabilities:
             table.add_column(f"{c} (pred)", justify="right")
         table.add_column("objective", justify="right")

@@ -1,5 +1,7 @@
-"""Ranking: predict a candidate pool, apply the constraints and the objective, take the mean of
-the top-k as the chosen mixture, and find the Pareto front among the best-ranked candidates."""
+"""Ranking: predict a candidate pool of component weights, apply the constraints and the
+objective, take the mean of the top-k as the chosen mixture, and find the Pareto front among
+the best-ranked candidates. The baselines (natural, uniform) are data mixtures, predicted at
+the component weights that stand for them (:func:`demix.data_mixture.baseline_mixtures`)."""
 
 from __future__ import annotations
 
@@ -9,13 +11,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from demix.config import RunConfig
+from demix.data_mixture import MixtureMap, baseline_mixtures
 from demix.errors import DemixError
-from demix.mixtures import prior_weights
 from demix.objectives import feasible, objective_values, pareto_front, parse_constraints, select_top_k
 from demix.rundir import RoundFiles
 from demix.search.files import RERUN
 from demix.search.fitting import Fit
-from demix.search.round_files import CandidatePool, ParetoFront, Selection
+from demix.search.round_files import COMPONENT_WEIGHTS_UNIT, CandidatePool, ParetoFront, Selection
 
 PARETO_CANDIDATES = 5000
 """pareto.csv holds the Pareto-optimal candidates among this many best-ranked ones."""
@@ -26,7 +28,7 @@ class Ranking:
     """A ranked candidate pool."""
 
     weights: np.ndarray
-    """(n, K) candidate mixtures."""
+    """(n, K) candidates' component weights (what is ranked)."""
     capability_scores: np.ndarray
     """(n, C) predicted capabilities, higher is better."""
     capabilities: list[str]
@@ -37,13 +39,14 @@ class Ranking:
     top_k: np.ndarray
     """Indices of the top-k, best first."""
     mean: np.ndarray
-    """(K,) mean of the top-k: the chosen mixture."""
+    """(K,) mean of the top-k component weights: the chosen mixture."""
     spread: dict[str, np.ndarray]
-    """std, min and max of the top-k weights, (K,) each."""
+    """std, min and max of the top-k component weights, (K,) each."""
     baselines: dict[str, dict[str, float]]
-    """Baseline mixtures (natural, uniform): predicted capabilities and ``weight.<domain>``,
-    what constraints such as ``math >= natural`` compare with (empty in a ranking read back
-    from its files: only ranking the pool needs them)."""
+    """Baselines (natural, uniform): predicted capabilities, ``weight.<domain>`` (their data
+    mixture) and ``component.<domain>`` (the component weights standing for it), what
+    constraints such as ``math >= natural`` compare with (empty in a ranking read back from its
+    files: only ranking the pool needs them)."""
 
     def pareto(self) -> np.ndarray:
         """Indices of the Pareto front among the best :data:`PARETO_CANDIDATES` candidates."""
@@ -75,6 +78,7 @@ class Ranking:
             pareto_over=int(min(self.order.size, PARETO_CANDIDATES)),
             evaluations=evaluations,
             settings=settings,
+            unit=COMPONENT_WEIGHTS_UNIT,
         )
         selection.write(files.selection)
         return selection
@@ -94,12 +98,9 @@ class Ranking:
                    spread, {})
 
 
-def baseline_mixtures(domains: Sequence[str], token_counts: Mapping[str, float] | None) -> dict[str, np.ndarray]:
-    """The baseline mixtures: uniform and, when the token counts are known, natural (token-proportional)."""
-    out = {"uniform": np.full(len(domains), 1.0 / len(domains))}
-    if token_counts:
-        out["natural"] = prior_weights(domains, "tokens", token_counts)
-    return out
+def identity_map(domains: Sequence[str]) -> MixtureMap:
+    """The map of components trained on their domain alone: component weights are the data mixture."""
+    return MixtureMap.standard(list(domains), list(domains)[0], 0.0)
 
 
 def rank_pool(
@@ -107,21 +108,30 @@ def rank_pool(
     fit: Fit,
     config: RunConfig,
     token_counts: Mapping[str, float] | None,
+    mapping: MixtureMap | None = None,
 ) -> Ranking:
-    """Predict, constrain and rank a candidate pool; the top-k mean is the chosen mixture."""
+    """Predict, constrain and rank a candidate pool of component weights; the top-k mean is the
+    chosen mixture. ``mapping`` gives the data mixtures ``weight.<domain>`` constraints and the
+    baselines read (None: the identity)."""
     s = config.search
     domains = config.data.domain_names
+    mapping = mapping or identity_map(domains)
     caps = fit.capabilities.targets
     constraints = parse_constraints(s.constraints, caps, domains)
     scores = fit.capabilities.predict_matrix(pool, caps)
     baselines: dict[str, dict[str, float]] = {}
-    for name, w in baseline_mixtures(domains, token_counts).items():
-        pred = fit.capabilities.predict_matrix(w[None, :], caps)[0]
-        baselines[name] = {**{c: float(v) for c, v in zip(caps, pred)}, **{f"weight.{d}": float(x) for d, x in zip(domains, w)}}
+    for name, b in baseline_mixtures(mapping, token_counts).items():
+        a = np.array([b.component_weights[d] for d in domains])
+        pred = fit.capabilities.predict_matrix(a[None, :], caps)[0]
+        baselines[name] = {
+            **{c: float(v) for c, v in zip(caps, pred)},
+            **{f"weight.{d}": float(b.data_mixture[d]) for d in domains},
+            **{f"component.{d}": float(b.component_weights[d]) for d in domains},
+        }
     if any(c.right == "natural" for c in constraints) and "natural" not in baselines:
         raise DemixError("a constraint compares with 'natural' but the domain token counts are unknown", "run `demix prepare` first")
     values = objective_values(s.objective, scores, caps, s.capability_weights)
-    ok = feasible(constraints, pool, scores, caps, domains, baselines)
+    ok = feasible(constraints, pool, scores, caps, domains, baselines, mapping)
     if not ok.any():
         raise DemixError(
             f"no candidate of the pool satisfies the constraints {s.constraints}",

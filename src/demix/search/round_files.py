@@ -9,8 +9,12 @@ writer and one reader; paths from :meth:`demix.rundir.RunDir.round_files`.
 ``pareto.csv``     :class:`ParetoFront`, the Pareto-optimal candidates across capabilities
 =================  ===================================================================
 
-Layouts on disk are the ones demix always wrote; a missing or garbled file is a DemixError
-naming it and the fix.
+Every mixture in these files is *component weights* (the merge coefficients of a proxy: what
+the search samples, evaluates and ranks; ``planned.json`` and ``selection.json`` say so in their
+``unit``); the data mixtures they stand for are in ``best_mixture.json`` (:mod:`demix.data_mixture`).
+
+Layouts on disk are the ones demix always wrote, plus ``unit`` since demix 0.2 (files without
+it read the same); a missing or garbled file is a DemixError naming it and the fix.
 """
 
 from __future__ import annotations
@@ -32,28 +36,39 @@ from demix.mixtures import mixture_key
 from demix.rundir import atomic_write_text, write_json
 from demix.search.files import RERUN, json_mixture, json_number, json_numbers, read_record
 
+#: What the mixtures of a round's files are.
+COMPONENT_WEIGHTS_UNIT = (
+    "component weights: merge coefficients of the proxies (the data mixtures they stand for are in best_mixture.json)"
+)
+
 
 @dataclass
 class RoundPlan:
-    """``planned.json``: the mixtures of one round, drawn from the seed before any evaluation,
-    so a resumed search evaluates the same ones."""
+    """``planned.json``: the component weights of one round's proxies, drawn from the seed
+    before any evaluation, so a resumed search evaluates the same ones."""
 
     round: int
     size: int
     domains: list[str]
     mixtures: list[dict[str, float]]
+    """Component weights, one mapping per proxy."""
+    unit: str | None = COMPONENT_WEIGHTS_UNIT
+    """None in files of demix < 0.2 (whose mixtures were component weights too)."""
 
     @property
     def keys(self) -> list[str]:
         return [mixture_key(m) for m in self.mixtures]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"round": self.round, "size": self.size, "domains": self.domains, "mixtures": self.mixtures, "keys": self.keys}
+        unit = {} if self.unit is None else {"unit": self.unit}
+        return {"round": self.round, "size": self.size, "domains": self.domains, **unit, "mixtures": self.mixtures,
+                "keys": self.keys}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RoundPlan:
         mixtures = [{str(k): float(v) for k, v in m.items()} for m in d["mixtures"]]
-        return cls(json_number(d["round"], "round"), json_number(d["size"], "size"), [str(x) for x in d["domains"]], mixtures)
+        return cls(json_number(d["round"], "round"), json_number(d["size"], "size"), [str(x) for x in d["domains"]], mixtures,
+                   d.get("unit"))
 
     def write(self, path: str | Path) -> None:
         write_json(Path(path), self.to_dict())
@@ -117,9 +132,10 @@ class CvReport:
 
 @dataclass
 class Selection:
-    """``selection.json``: the top-k mean after a round and what it was chosen from."""
+    """``selection.json``: the top-k mean (component weights) after a round and what it was chosen from."""
 
     weights: dict[str, float]
+    """The top-k mean of the pool's component weights."""
     spread: dict[str, dict[str, float]]
     top_k: int
     pool_size: int
@@ -133,10 +149,11 @@ class Selection:
     """Fingerprints of what the round's fit and ranking were made with (``search``, ``scoring``,
     ``components``: :mod:`demix.search.settings`); None in files written before they were recorded.
     The round's files are final for these settings: a resumed search reads them back."""
+    unit: str | None = None
+    """:data:`COMPONENT_WEIGHTS_UNIT` (None in files of demix < 0.2)."""
 
     def to_dict(self) -> dict[str, Any]:
-        out = dict(vars(self))
-        return out if self.settings is not None else {k: v for k, v in out.items() if k != "settings"}
+        return {k: v for k, v in vars(self).items() if v is not None or k not in ("settings", "unit")}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Selection:
@@ -145,7 +162,7 @@ class Selection:
         if settings is not None and not isinstance(settings, Mapping):
             raise ValueError(f"settings is {settings!r}, not an object")
         return cls(json_mixture(d["weights"]), spread, d["top_k"], d["pool_size"], d["feasible"], d["pareto_size"],
-                   d["pareto_over"], d["evaluations"], dict(settings) if settings is not None else None)
+                   d["pareto_over"], d["evaluations"], dict(settings) if settings is not None else None, d.get("unit"))
 
     def write(self, path: str | Path) -> None:
         write_json(Path(path), self.to_dict())
@@ -162,7 +179,7 @@ class CandidatePool:
     domains: list[str]
     capabilities: list[str]
     weights: np.ndarray
-    """(n, K) candidate mixtures."""
+    """(n, K) candidates' component weights."""
     capability_scores: np.ndarray
     """(n, C) predicted capabilities, higher is better."""
     objective: np.ndarray
@@ -198,7 +215,9 @@ class CandidatePool:
 
 @dataclass
 class ParetoFront:
-    """``pareto.csv``: the Pareto-optimal candidates across capabilities, one row each."""
+    """``pareto.csv``: the Pareto-optimal candidates across capabilities, one row each: their
+    component weights (a column per domain), predicted capabilities (``pred_<capability>``)
+    and objective."""
 
     domains: list[str]
     capabilities: list[str]

@@ -8,8 +8,9 @@ together with this config's.
   and values (``scored_with``) in its provenance, beside the components fingerprint; a resumed
   search refuses rows with another fingerprint, naming what changed. Rows written before the
   fingerprint existed carry none and are accepted, as they always were.
-- :func:`ranking_fingerprint`: the search settings a round's fit and ranking depend on, recorded
-  in each round's ``selection.json`` (a round's files are final only for the settings they record).
+- :func:`ranking_fingerprint`: the search settings a round's fit and ranking depend on (with the
+  components' training mixtures where the ranking reads them), recorded in each round's
+  ``selection.json`` (a round's files are final only for the settings they record).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from demix.config import RunConfig
+from demix.data_mixture import MixtureMap
 from demix.errors import DemixError
 from demix.store import Evaluation
 
@@ -109,10 +111,32 @@ def _show(key: str, value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def ranking_fingerprint(config: RunConfig, token_counts: Mapping[str, float] | None) -> str:
+def ranking_reads_mapping(config: RunConfig) -> bool:
+    """True when a round's ranking depends on the components' training mixtures (the map from
+    component weights to the data mixture): through ``search.bounds`` (data shares), a
+    ``weight.<domain>`` constraint (a data share) or a constraint comparing with ``natural`` /
+    ``uniform`` (baselines defined as data mixtures). Otherwise the pool, its predictions and
+    the top-k are the same whatever the map (they are all component weights)."""
+    from demix.config import BoundsConfig
+    from demix.objectives import reads_data_mixture
+
+    return config.search.bounds != BoundsConfig() or any(map(reads_data_mixture, config.search.constraints))
+
+
+def ranking_fingerprint(
+    config: RunConfig, token_counts: Mapping[str, float] | None, mapping: MixtureMap | None = None
+) -> str:
     """The search settings a round's fit and ranking depend on: ``search.*`` except ``rounds``
     (each round's size is checked against its ``planned.json``), the domains and their token
-    counts (bounds, prior, the natural mixture)."""
+    counts (bounds, prior, the natural mixture), and the matrix of ``mapping`` (each component's
+    training mixture) where the ranking reads it (:func:`ranking_reads_mapping`): changing a
+    declared training mixture then ranks the finished rounds again. Where it does not, the
+    fingerprint is the one demix < 0.2 recorded, so a search of demix 0.1 reads its finished
+    rounds back (they rank the same component weights)."""
     search = {k: v for k, v in config.search.model_dump(mode="json").items() if k != "rounds"}
     counts = {d: float(token_counts[d]) for d in config.data.domain_names} if token_counts else None
-    return digest({"search": search, "domains": config.data.domain_names, "token_counts": counts})
+    values: dict[str, Any] = {"search": search, "domains": config.data.domain_names, "token_counts": counts}
+    if mapping is not None and ranking_reads_mapping(config):
+        # Rounded: the same declared mixture read back from JSON or YAML gives the same digest.
+        values["mapping"] = [[round(float(x), 12) for x in row] for row in mapping.matrix]
+    return digest(values)

@@ -3,7 +3,9 @@
 For each run (one component per domain, one reference model per mixture) demix renders
 
 - the data-mixture file in your trainer's format (the exporters of ``demix export``: Megatron,
-  NeMo, nanotron, OLMo-core, HF datasets, MosaicML, JSON), with the token budget of the run;
+  NeMo, nanotron, OLMo-core, HF datasets, MosaicML, JSON), with the token budget of the run: the
+  run's training mixture, token shares of its training data (a component: ``general_share``
+  general + its domain; a reference model: its data mixture);
 - your launch command, from ``train.command.template`` with placeholders filled in;
 - optionally one Slurm array script with one array task per run;
 
@@ -106,12 +108,16 @@ def _recipe(config: RunConfig, role: str) -> TrainRecipe:
 
 
 def _mixture_document(config: RunConfig, run: RunDir, mixture: Mapping[str, float], tokens: int) -> BestMixture:
-    """The ``best_mixture.json`` record the exporters render for one run: weights, budget, and
-    epochs (and mean document lengths) when the packed data says how big each domain is."""
-    from demix.search.files import BestMixture
+    """The ``best_mixture.json`` record the exporters render for one run: its training mixture
+    as the data mixture (a component's ``general_share`` general + its domain, a reference
+    model's mixture: token shares of its training data, never component weights), the budget,
+    and epochs of that data mixture (and mean document lengths) when the packed data says how
+    big each domain is."""
+    from demix.search.files import DATA_MIXTURE_UNIT, BestMixture
 
     domains = config.data.domain_names
-    doc = BestMixture(weights={d: float(mixture.get(d, 0.0)) for d in domains}, target_tokens=int(tokens))
+    data = {d: float(mixture.get(d, 0.0)) for d in domains}
+    doc = BestMixture(data_mixture=data, unit=DATA_MIXTURE_UNIT, target_tokens=int(tokens))
     counts, docs = {}, {}
     for d in domains:
         meta = run.split_meta(d)
@@ -119,7 +125,7 @@ def _mixture_document(config: RunConfig, run: RunDir, mixture: Mapping[str, floa
             m = json.loads(meta.read_text())
             counts[d], docs[d] = int(m["tokens"]), int(m.get("documents", 0))
     if len(counts) == len(domains):
-        doc.epochs = {d: (doc.weights[d] * tokens / counts[d]) if counts[d] else None for d in domains}
+        doc.epochs = {d: (data[d] * tokens / counts[d]) if counts[d] else None for d in domains}
         if all(docs.values()):
             doc.mean_document_tokens = {d: counts[d] / docs[d] for d in domains}
     return doc
@@ -324,7 +330,7 @@ def describe(plans: Sequence[CommandRun]) -> str:
     out = []
     for p in plans:
         out += [
-            f"# {p.name}: {p.tokens:,} tokens, seed {p.seed}, mixture {json.dumps(p.mixture)}",
+            f"# {p.name}: {p.tokens:,} tokens, seed {p.seed}, data mixture {json.dumps(p.mixture)}",
             f"#   data-mixture file: {p.mixture_file}",
             p.command,
         ]

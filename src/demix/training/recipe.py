@@ -71,6 +71,15 @@ CHECKPOINTS = "_checkpoints"
 # --------------------------------------------------------------------------- one training, step by step
 
 
+def training_dataset(run: RunDir, mixture: Mapping[str, float], recipe: TrainRecipe, seq_len: int) -> MixtureDataset:
+    """The windows one training on the data mixture ``mixture`` with ``recipe`` reads, in the
+    order Trainer draws them (its sampler is sequential: the order is the dataset's seeded one):
+    ``training_steps x batch_size`` windows of ``seq_len`` tokens, each domain's count within one
+    window of its token share (:func:`demix.training.data.allocate`)."""
+    return MixtureDataset(run.data, mixture, training_steps(recipe, seq_len) * recipe.batch_size, seq_len, recipe.seed)
+
+
+
 @dataclass
 class _Job:
     """What one training is, as the steps of :func:`_train` share it."""
@@ -252,7 +261,7 @@ def _train(
             return done
         _check(job, config.train.device)
         tokenizer = load_tokenizer(run.tokenizer)
-        dataset = MixtureDataset(run.data, job.mixture, job.steps * recipe.batch_size, job.seq_len, recipe.seed)
+        dataset = training_dataset(run, job.mixture, recipe, job.seq_len)
         for d, ep in dataset.epochs().items():
             if ep > 1:
                 log.warning("%s: domain '%s' is repeated %.1f times (its train split is smaller than its share)", role, d, ep)
@@ -369,9 +378,11 @@ def train_on_mixture(
     show_progress: bool = True,
     callbacks: Sequence[TrainerCallback] = (),
 ) -> TrainResult:
-    """Continue training the base on ``mixture`` with ``recipe``: a reference model
-    (``role="reference"``, recipe ``train.reference``) or a trained proxy, the RegMix-style
-    baseline (``role="trained_proxy"``, recipe ``train.trained_proxy``)."""
+    """Continue training the base on the data mixture ``mixture`` (token shares) with ``recipe``:
+    a reference model (``role="reference"``, recipe ``train.reference``) or a trained proxy, the
+    RegMix-style baseline (``role="trained_proxy"``, recipe ``train.trained_proxy``). Its
+    demix.json records ``mixture``; the fidelity stage passes the data mixture a merged proxy
+    stands for (:mod:`demix.fidelity.references`)."""
     if role not in ("reference", "trained_proxy"):
         raise DemixError(f"role '{role}' cannot be trained on a mixture", "use role 'reference' or 'trained_proxy'")
     check_given_checkpoints(config, run)

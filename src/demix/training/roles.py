@@ -3,6 +3,7 @@ components' mixtures, the reference recipe, the steps a budget buys, the base tr
 continues from, the checkpoints a user hands to the run, and which components are ready to merge.
 
     component_mixture(config, "math")   # {"general": 0.5, "math": 0.5}
+    mixture_map(config, run)            # component weights -> data mixture (demix.data_mixture)
     finished_components(config, run)    # {domain: directory} ready for demix.merging
     check_given_checkpoints(config, run)  # model.base_path, train.components.paths: before any work
 
@@ -12,6 +13,7 @@ Torch-free on import: the command backend (your own trainer) uses these without 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,34 +25,86 @@ from demix.checkpoints import (
     check_loadable,
     component_dirs,
     is_finished,
+    read_provenance,
     safetensors_files,
     shard_map,
 )
 from demix.config import TrainRecipe
+from demix.data_mixture import ASSUMED, DECLARED, RECIPE, RECORDED, MixtureMap, standard_mixture
 from demix.errors import DemixError
 
 if TYPE_CHECKING:
     from demix.config import RunConfig
     from demix.rundir import RunDir
 
+log = logging.getLogger("demix.training")
+
 
 def component_mixture(config: RunConfig, domain: str) -> dict[str, float]:
     """The training mixture of ``domain``'s component: ``general_share`` general + the rest the
     domain; the general domain's own component is pure general."""
-    general = config.data.general_domain
     if domain not in config.data.domain_names:
         raise DemixError(f"'{domain}' is not a domain of this run", f"choose one of {config.data.domain_names}")
-    if domain == general:
-        return {general: 1.0}
-    share = config.train.components.general_share
-    return {general: share, domain: 1.0 - share} if share > 0 else {domain: 1.0}
+    return standard_mixture(domain, config.data.general_domain, config.train.components.general_share)
+
+
+def mixture_map(config: RunConfig, run: RunDir) -> MixtureMap:
+    """Component weights -> data mixture for this run's components: each component's training
+    mixture as recorded in its demix.json (demix trained it), declared in
+    ``train.components.mixtures`` (trained elsewhere), or, for a component not trained yet, the
+    recipe's. A component trained elsewhere with neither is assumed to follow the recipe, with a
+    warning: the data mixture demix reports rests on that assumption."""
+    check_external_paths(config)
+    declared = config.train.components.mixtures
+    stray = [d for d in declared if d not in config.train.components.paths]
+    if stray:
+        raise DemixError(
+            f"train.components.mixtures declares the training mixture of {stray}, which demix trains itself "
+            "(it records their mixtures in their demix.json)",
+            "declare mixtures only for components of train.components.paths",
+        )
+    mixtures: dict[str, dict[str, float]] = {}
+    sources: dict[str, str] = {}
+    for d, path in component_dirs(config, run).items():
+        recorded = _recorded_mixture(path)
+        if d in declared:
+            mixtures[d], sources[d] = dict(declared[d]), DECLARED
+        elif recorded:
+            mixtures[d], sources[d] = recorded, RECORDED
+        else:
+            mixtures[d] = component_mixture(config, d)
+            sources[d] = ASSUMED if d in config.train.components.paths else RECIPE
+    assumed = [d for d, src in sources.items() if src == ASSUMED]
+    if assumed:
+        log.warning(
+            "the training mixture of component(s) %s (train.components.paths) is not recorded: assumed %s; declare "
+            "it in train.components.mixtures, or the data mixture demix reports may be wrong",
+            assumed, {d: mixtures[d] for d in assumed},
+        )
+    try:
+        return MixtureMap.from_mixtures(config.data.domain_names, mixtures, sources)
+    except DemixError as exc:
+        raise DemixError(f"train.components.mixtures: {exc.what}", exc.fix) from None
+
+
+def _recorded_mixture(path: Path) -> dict[str, float] | None:
+    """The training mixture a component's demix.json records (None without one)."""
+    if not is_finished(path):
+        return None
+    try:
+        prov = read_provenance(path)
+    except DemixError:
+        return None
+    if prov.role != "component" or not prov.mixture:
+        return None
+    return {str(k): float(v) for k, v in prov.mixture.items()}
 
 
 def reference_recipe(config: RunConfig) -> TrainRecipe:
     """``train.reference`` when the config sets it, else the component budget and recipe."""
     if "reference" in config.train.model_fields_set:
         return config.train.reference
-    fields = config.train.components.model_dump(exclude={"general_share", "paths"})
+    fields = config.train.components.model_dump(exclude={"general_share", "paths", "mixtures"})
     return TrainRecipe(**fields)
 
 
