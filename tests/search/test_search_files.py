@@ -232,3 +232,19 @@ def test_search_is_complete_only_for_the_same_plan_and_components(tmp_path):
     assert not search_is_complete(config, run)
     run.best_mixture.write_text("{not json")
     assert not search_is_complete(config, run)
+
+
+def test_a_pool_that_cannot_be_written_names_its_file_and_keeps_the_old_one(tmp_path):
+    """pool.npz goes through rundir.atomic_write: an OS error is one DemixError naming the file,
+    and an existing pool is never half-replaced."""
+    import numpy as np
+
+    pool = CandidatePool(["a", "b"], ["c"], np.array([[0.5, 0.5]]), np.array([[1.0]]), np.array([0.3]), np.array([0]))
+    blocker = tmp_path / "round_0"
+    blocker.write_text("a file where the round directory should be")
+    with pytest.raises(DemixError, match="pool.npz"):
+        pool.write(blocker / "pool.npz")
+    good = tmp_path / "pool.npz"
+    pool.write(good)
+    assert CandidatePool.read(good).weights.tolist() == [[0.5, 0.5]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pool.npz", "round_0"]  # no temporary left

@@ -59,11 +59,17 @@ def main(argv: list[str] | None = None) -> None:
     from demix.cli._common import console
 
     console.quiet = False  # a verb's --quiet holds for that call only (main may run several in one process)
+    from demix.cli._common import _previous_configs
+
+    _previous_configs.clear()
     try:
         # Non-standalone, typer hands back the exit code instead of exiting (and turns Ctrl-C
         # inside a verb into code 130): it is ours to pass on.
         code = app(args=argv, standalone_mode=False)
     except DemixError as exc:
+        from demix.cli._common import restore_configs
+
+        restore_configs()
         _fail(exc)
     except OSError as exc:
         from demix.rundir import USER_ERRNOS, os_error

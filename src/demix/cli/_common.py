@@ -38,9 +38,29 @@ def start_run(config: RunConfig, quiet: bool = False) -> RunDir:
             f"output_dir '{run.root}' is a file, not a directory", "set output_dir to a directory (a new one, or an earlier run's)"
         )
     run.root.mkdir(parents=True, exist_ok=True)
+    _previous_configs.setdefault(run.config, run.config.read_text(encoding="utf-8") if run.config.is_file() else None)
     save_config(config, run.config)
     setup_logging(run, quiet)
     return run
+
+
+#: config.yaml path -> its text before this process first saved it (None: there was none).
+_previous_configs: dict[Path, str | None] = {}
+
+
+def restore_configs() -> None:
+    """Put back each run's config.yaml as it was before this command saved it. Called when a
+    command is refused (a DemixError): the run directory then describes what its files were made
+    with, not the settings that were refused (e.g. a search refusing scores of other settings)."""
+    from demix.rundir import atomic_write_text
+
+    for path, text in _previous_configs.items():
+        if text is not None:
+            try:
+                atomic_write_text(path, text)
+            except DemixError:
+                pass  # the refusal is the error to show; a config that cannot be written is secondary
+    _previous_configs.clear()
 
 
 def setup_logging(run: RunDir, quiet: bool = False) -> None:

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,7 +31,7 @@ import numpy as np
 
 from demix.errors import DemixError
 from demix.mixtures import mixture_key
-from demix.rundir import atomic_write_text, write_json
+from demix.rundir import atomic_write, atomic_write_text, write_json
 from demix.search.files import RERUN, json_mixture, json_number, json_numbers, read_record
 
 #: What the mixtures of a round's files are.
@@ -188,17 +186,15 @@ class CandidatePool:
     """Indices of the top-k, best first."""
 
     def write(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-        os.close(fd)
-        try:
-            np.savez(tmp, weights=self.weights, capability_scores=self.capability_scores, objective=self.objective,
-                     top_k=self.top_k, domains=np.array(self.domains), capabilities=np.array(self.capabilities))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write atomically (a kill or a full disk leaves the previous pool; the error names the file)."""
+
+        def write(tmp: Path) -> None:
+            # A file object: np.savez would append ".npz" to a path that lacks it.
+            with open(tmp, "wb") as fh:
+                np.savez(fh, weights=self.weights, capability_scores=self.capability_scores, objective=self.objective,
+                         top_k=self.top_k, domains=np.array(self.domains), capabilities=np.array(self.capabilities))
+
+        atomic_write(Path(path), write)
 
     @classmethod
     def read(cls, path: str | Path) -> CandidatePool:
