@@ -309,21 +309,33 @@ def test_merged_rows_of_other_components_are_refused(first, tmp_path):
     assert "other components" in exc.value.what and "output_dir" in exc.value.fix
 
 
-def test_own_merged_rows_scored_under_other_settings_are_scored_again(first, tmp_path):
-    """A merged proxy the stage stored under other evaluation settings is never reused: it is
-    evaluated again and its row replaced (the search's row, recorded before settings were, is kept)."""
+def test_own_rows_scored_under_other_settings_are_scored_again(first, tmp_path):
+    """A model the stage stored under other evaluation settings is never reused: merged proxies,
+    reference models and trained proxies are evaluated again (nothing retrained) and their rows
+    replaced (the search's row, recorded before settings were, is kept)."""
     from demix.search.settings import ScoringSettings
 
     config, run, _, _ = first
+    before = _rows(run)
     changed, copy = _copy_run(config, run, tmp_path, **{"evaluation.heldout_tokens": 512})
+    mtimes = {p: p.stat().st_mtime_ns for p in copy.models.rglob("model.safetensors")}
     result = run_fidelity(changed, copy, progress=False)
     with Store(copy.store_url) as store:
-        merged = store.evaluations_done("merged")
-    own = [e for e in merged if e.round is None]
-    assert len(own) == 3 and result.trained_now == 0 and result.evaluated_now == len(own)
+        rows = store.evaluations_done()
+    own = [e for e in rows if e.proxy_kind == "merged" and e.round is None]
+    trained = [e for e in rows if e.proxy_kind != "merged"]
+    assert len(own) == 3 and len(trained) == len(before) - 3 - 1  # 3 merged of the stage, 1 of the search
+    assert result.trained_now == 0 and result.evaluated_now == len(own) + len(trained)
+    assert {p: p.stat().st_mtime_ns for p in copy.models.rglob("model.safetensors")} == mtimes
     fingerprint = ScoringSettings.of(changed).fingerprint
     assert all(e.provenance["settings"] == fingerprint for e in own)
-    assert all(e.provenance["scored_with"]["evaluation.heldout_tokens"] == 512 for e in own)
+    assert all(e.provenance["scored_with"]["evaluation.heldout_tokens"] == 512 for e in own + trained)
+    # Trained models record the evaluation settings only: a merge setting does not change their scores.
+    assert all(e.provenance["settings"] == ScoringSettings.of(changed, merged=False).fingerprint for e in trained)
+    assert any(e.benchmarks != before[(e.mixture_key, e.proxy_kind)][1] for e in trained)
+    again = run_fidelity(changed.model_copy(update={"merge": changed.merge.model_copy(update={"dtype": "float32"})}),
+                         copy, progress=False)
+    assert again.trained_now == 0 and again.evaluated_now == 3  # only the merged proxies
 
 
 def test_search_rows_scored_under_other_settings_are_refused_before_training(first, tmp_path):

@@ -135,6 +135,13 @@ class EvaluatedModels:
         return self._scoring
 
     @property
+    def trained_scoring(self) -> Any:
+        """The evaluation settings a trained model's scores depend on (no merge settings)."""
+        from demix.search.settings import ScoringSettings
+
+        return ScoringSettings.of(self.config, merged=False)
+
+    @property
     def _store_name(self) -> str:
         # Never print a server URL: it may hold a password.
         return "of store.url" if self.config.store.url else str(self.run.store_file)
@@ -179,6 +186,12 @@ class EvaluatedModels:
             log.info("merged %s was scored under other settings (%s); evaluating it again",
                      row.mixture_key, self.scoring.describe([row]))
             return None, row
+        if kind != proxy_kind.MERGED and self.trained_scoring.is_stale(row):
+            # The same trained model scored under other evaluation settings: scored again (the
+            # finished model directory is reused, nothing is retrained).
+            log.info("%s %s was scored under other settings (%s); evaluating it again",
+                     kind, row.mixture_key, self.trained_scoring.describe([row]))
+            return None, row
         benchmarks, capabilities = self.expected_names
         if set(row.benchmarks) != benchmarks or set(row.capabilities) != capabilities:
             log.info("%s %s was scored on other benchmarks (%s); evaluating it again",
@@ -218,7 +231,8 @@ class EvaluatedModels:
         if not result.skipped:
             self.trainings += 1
         ev = self._evaluate_checkpoint(result.path)
-        prov = {"role": role, "model_dir": str(result.path), "recipe": want, **_recorded_training(result.path)}
+        prov = {"role": role, "model_dir": str(result.path), "recipe": want, **_recorded_training(result.path),
+                **self.trained_scoring.provenance()}
         scored = self._save(mixture, kind, ev, prov, stale)
         scored.trained = not result.skipped
         self.on_event(kind, key, "trained" if not result.skipped else "evaluated")

@@ -47,9 +47,13 @@ class ScoringSettings:
     """Config key -> value (``evaluation.heldout_tokens``, ``merge.method``, ...)."""
 
     @classmethod
-    def of(cls, config: RunConfig) -> ScoringSettings:
+    def of(cls, config: RunConfig, merged: bool = True) -> ScoringSettings:
+        """The settings of a merged proxy's scores; with ``merged=False`` those of a trained
+        model's (reference, trained proxy), which no merge setting changes."""
         from demix.evaluation.benchmarks import scoring_settings
 
+        if not merged:
+            return cls(dict(scoring_settings(config)))
         m = config.merge.model_dump(mode="json")
         merge = {f"merge.{k}": m[k] for k in ("method", "params", "dtype", "normalize")}
         return cls({**scoring_settings(config), **merge})
