@@ -6,19 +6,24 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from helpers.battery import CliResult, assert_unchanged, cli, snapshot
+from helpers.battery import CliResult, assert_unchanged, cli, cli_subprocess, snapshot
 from test_rundir import fill, tmpfs
 
 INTERRUPTED = "interrupted; run again to resume"
-FORMATS = {"megatron": ".txt", "nemo": ".yaml", "nanotron": ".yaml", "olmo-core": ".yaml", "hf-datasets": ".json",
-           "mosaic": ".yaml", "json": ".json"}
+FORMATS = {"megatron": ".txt", "megatron-per-split": ".json", "megatron-bridge": ".yaml", "nemo2": ".yaml", "nemo1": ".yaml",
+           "nanotron": ".yaml", "olmo-core": ".yaml", "olmo-core-sources": ".yaml", "hf-datasets": ".json",
+           "mosaic": ".yaml", "litdata": ".json", "torchtitan": ".json", "json": ".json"}
+#: What every format may need: data paths (names as stand-ins) and the trainer's sequence and batch sizes.
+EXPORT_OPTS = ["--allow-placeholder-paths", "--seq-length", "32", "--global-batch-tokens", "256"]
 
 
 def clean_error(result: CliResult, code: int, *named: str) -> None:
@@ -107,6 +112,34 @@ def test_register_with_unfinished_runs_exits_2(finished, tmp_path):
     assert_unchanged(before, snapshot(tmp_path), outputs=["run"])
 
 
+@pytest.mark.slow
+def test_ctrl_c_during_search_exits_130_and_a_rerun_resumes(tiny, tmp_path):
+    """A real SIGINT to `demix search` once its first proxy is stored: exit 130 with the resume
+    hint and no traceback, finished evaluations kept, no best_mixture.json from half a search;
+    the rerun evaluates only what is missing."""
+    root = copy_run(tiny, tmp_path)
+    config, store = root / "config.yaml", root / "store.sqlite"
+    before = snapshot(tmp_path)
+    child = cli_subprocess(["search", str(config), "-q"])
+    deadline = time.monotonic() + 240
+    while done_evaluations(store) < 1 and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert child.poll() is None, "the search ended before it could be interrupted"
+    child.send_signal(signal.SIGINT)
+    output, _ = child.communicate(timeout=120)
+    assert child.returncode == 130, output
+    assert INTERRUPTED in output and "Traceback" not in output
+    kept = done_evaluations(store)
+    assert kept >= 1 and not (root / "best_mixture.json").exists()  # no answer from half a search
+    assert_unchanged(before, snapshot(tmp_path), outputs=["run"])
+
+    result = cli("search", str(config), "-q")
+    assert result.code == 0, result.text
+    total = done_evaluations(store)
+    assert f"{total} evaluations in the store ({total - kept} new this run)" in result.text
+    assert 0 < total - kept < total and (root / "best_mixture.json").is_file()
+
+
 # --------------------------------------------------------------------------- 8: a domain given twice
 
 
@@ -175,7 +208,7 @@ def test_export_out_that_is_a_directory_is_refused_and_left_alone(finished, tmp_
     out.mkdir()
     (out / "old.yaml").write_text("a user's file")
     before = snapshot(tmp_path)
-    result = cli("export", str(finished), "--to", "nemo", "--out", str(out))
+    result = cli("export", str(finished), "--to", "nemo1", "--out", str(out), *EXPORT_OPTS)
     clean_error(result, 1, f"cannot write '{out}'", "Is a directory", "give a file path")
     assert_unchanged(before, snapshot(tmp_path))
 
@@ -191,10 +224,11 @@ def test_export_out_on_a_read_only_file_system(finished, tmp_path):
 def test_export_on_a_full_disk_keeps_the_previous_export(finished, tmp_path):
     with tmpfs(tmp_path / "disk", size="64k") as mount:
         out = mount / "mix.yaml"
-        assert cli("export", str(finished), "--to", "olmo-core", "--out", str(out)).code == 0
+        assert cli("export", str(finished), "--to", "olmo-core", "--out", str(out), *EXPORT_OPTS).code == 0
         fill(mount)
         before = snapshot(tmp_path)
-        result = cli("export", str(finished), "--to", "olmo-core", "--data-prefix", "math=/data/" + "m" * 5000, "--out", str(out))
+        result = cli("export", str(finished), "--to", "olmo-core", "--data-prefix", "math=/data/" + "m" * 5000, "--out", str(out),
+                     *EXPORT_OPTS)
         clean_error(result, 1, f"cannot write '{out}'", "No space left on device", "free space")
         assert_unchanged(before, snapshot(tmp_path))
         assert not [p for p in mount.iterdir() if p.name.endswith(".tmp")]
@@ -326,16 +360,17 @@ def test_a_bad_mixture_file_names_it(finished, tmp_path, content, says):
 def test_export_of_a_finished_run_to_each_format(finished, tmp_path, fmt):
     out = tmp_path / "exports" / "new" / f"mixture{FORMATS[fmt]}"  # directories on the way are created
     before = snapshot(tmp_path)
-    result = cli("export", str(finished), "--to", fmt, "--out", str(out), "--data-prefix", "math=/data/math_text_document")
+    result = cli("export", str(finished), "--to", fmt, "--out", str(out), "--data-prefix", "math=/data/math_text_document",
+                 *EXPORT_OPTS)
     assert result.code == 0 and f"wrote {out}" in result.text and "unit:" in result.text, result.text
     text = out.read_text()
-    if fmt == "megatron":
-        assert text.startswith("--data-path ") and "/data/math_text_document" in text
+    if fmt == "megatron":  # weight/prefix pairs, for --data-args-path
+        assert len(text.split()) % 2 == 0 and "/data/math_text_document" in text
     else:
         assert (json.loads(text) if out.suffix == ".json" else yaml.safe_load(text))
     # Export reads the run, never writes it; the previous export is replaced whole.
     assert_unchanged(before, snapshot(tmp_path), outputs=["exports"])
-    assert cli("export", str(finished), "--to", fmt, "--out", str(out)).code == 0
+    assert cli("export", str(finished), "--to", fmt, "--out", str(out), *EXPORT_OPTS).code == 0
     assert sorted(p.name for p in out.parent.iterdir()) == [out.name]
 
 
@@ -357,7 +392,7 @@ def test_export_of_a_best_mixture_before_demix_0_2_is_refused_and_names_the_way_
     best = json.loads(path.read_text())
     path.write_text(json.dumps({"weights": best["component_weights"], "target_tokens": best["target_tokens"]}))
     before = snapshot(tmp_path)
-    result = cli("export", str(finished), "--to", "nemo", "--out", str(tmp_path / "mix.yaml"))
+    result = cli("export", str(finished), "--to", "nemo1", "--out", str(tmp_path / "mix.yaml"), *EXPORT_OPTS)
     clean_error(result, 1, f"'{path}' was written by demix < 0.2", "not the data mixture to train on",
                 "rerun `demix search`", "--weights components")
     assert_unchanged(before, snapshot(tmp_path))

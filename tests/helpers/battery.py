@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import io
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
@@ -57,10 +58,14 @@ def demix_env() -> dict[str, str]:
 
 
 def cli_subprocess(args: Sequence[str], cwd: Path | None = None) -> subprocess.Popen[str]:
-    """``python -m demix ARGS`` in a child process (stdout and stderr together)."""
+    """``python -m demix ARGS`` in a child process (stdout and stderr together), with SIGINT at its
+    default disposition, as in a terminal: a test suite started in the background (``make test &``,
+    some CI runners) has SIGINT ignored, children inherit that, and Python then never raises
+    KeyboardInterrupt, so a Ctrl-C test would see the command finish instead."""
     return subprocess.Popen(
         [sys.executable, "-m", "demix", *args], cwd=cwd or ROOT, env=demix_env(),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
