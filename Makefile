@@ -1,6 +1,7 @@
 # Two entry points do all set-up on a fresh machine:
 #   make demo   -> creates .venv, installs demix, runs the embedded DeMix demo
-#   make test   -> creates .venv (+ .venv-mergekit for the parity tests), installs demix with test extras,
+#   make test   -> creates .venv (+ .venv-mergekit for the parity tests, .venv-trainers for the export
+#                  tests), installs demix with test extras,
 #                  runs `make lint` (ruff, mypy), then pytest
 PYTHON ?= python3
 VENV   ?= .venv
@@ -28,6 +29,25 @@ $(MERGEKIT_VENV)/.installed:
 	$(MERGEKIT_VENV)/bin/pip install -q $(TORCH) mergekit==0.1.5
 	touch $@
 
+# The trainers' own packages in their own venv (their pins clash with demix's and each other's):
+# tests/exporters loads every `demix export` format with the trainer's real classes. About 2 min
+# and 1.5 GB. --no-deps where a package's declared dependencies are GPU stacks or whole
+# frameworks the data classes never import (megatron-core: Transformer Engine; mosaicml-streaming:
+# transformers and torchvision for its dataloader and vision sets; torchtitan, litdata: their
+# training stacks); their few real imports are pinned beside them.
+TRAINERS_VENV ?= .venv-trainers
+$(TRAINERS_VENV)/.installed:
+	$(PYTHON) -m venv $(TRAINERS_VENV)
+	$(TRAINERS_VENV)/bin/pip install -q --upgrade pip
+	$(TRAINERS_VENV)/bin/pip install -q $(TORCH)
+	$(TRAINERS_VENV)/bin/pip install -q datasets==5.2.0 ai2-olmo-core==3.0.0
+	$(TRAINERS_VENV)/bin/pip install -q --no-deps megatron-core==0.16.1 \
+	    mosaicml-streaming==0.13.0 brotli==1.2.1 catalogue==2.0.10 cramjam==2.14.0 pillow==13.0.0 \
+	    python-snappy==0.7.3 zstd==1.5.7.2 \
+	    litdata==0.2.76 lightning-utilities==0.15.3 \
+	    torchtitan==0.3.0 docstring-parser==0.18.0 spmd-types==0.3.1 torchdata==0.11.0 tyro==1.0.17 tokenizers==0.23.3
+	touch $@
+
 demo: venv
 	$(VENV)/bin/demix demo
 
@@ -36,8 +56,8 @@ lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy src
 
-test: lint $(MERGEKIT_VENV)/.installed
+test: lint $(MERGEKIT_VENV)/.installed $(TRAINERS_VENV)/.installed
 	$(VENV)/bin/python -m pytest -q --timeout=900
 
 clean:
-	rm -rf $(VENV) $(MERGEKIT_VENV) runs
+	rm -rf $(VENV) $(MERGEKIT_VENV) $(TRAINERS_VENV) runs

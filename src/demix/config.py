@@ -206,16 +206,20 @@ class CommandTrainerConfig(StrictModel):
     template: str | None = None
     """Your trainer's launch command for one run, with placeholders filled per component /
     reference: {data_mixture_file} {output_dir} {tokens} {seed} {domain} {role} {name} {init}
-    {lr} {batch_size} {seq_len} {run_dir}. Paths are shell-quoted. Example:
-    `torchrun --nproc_per_node 8 pretrain_gpt.py --data-args-path {data_mixture_file}
-    --train-tokens {tokens} --seed {seed} --save {output_dir} --load {init}`."""
+    {lr} {batch_size} {seq_len} {run_dir}. Paths are shell-quoted. Example (Megatron-LM, which
+    counts the budget in samples, so the shell divides the tokens by the sequence length):
+    `torchrun --nproc_per_node 8 pretrain_gpt.py --data-args-path {data_mixture_file} --split 100,0,0
+    --train-samples $(( ({tokens} + {seq_len} - 1) / {seq_len} )) --seq-length {seq_len}
+    --seed {seed} --save {output_dir} --load {init}`."""
 
     format: str = "megatron"
     """Trainer format of the data-mixture file written per run (a `demix export` format:
-    megatron, nemo, nanotron, olmo-core, hf-datasets, mosaic, json)."""
+    megatron, megatron-per-split, megatron-bridge, nemo2, nemo1, nanotron, olmo-core,
+    olmo-core-sources, hf-datasets, mosaic, litdata, torchtitan, json; docs/exporters.md)."""
 
     data_prefixes: dict[str, str] = Field(default_factory=dict)
-    """Domain -> the data path your trainer reads for it (e.g. /data/math_text_document)."""
+    """Domain -> the data path your trainer reads for it (e.g. /data/math_text_document); a
+    domain without one is written under its name, for you to replace."""
 
     converter: str | None = None
     """Command run on a finished run whose output is not a HF checkpoint, to write one:
@@ -387,6 +391,35 @@ class SamplerConfig(StrictModel):
     """Round the component weights to multiples of this (e.g. 0.01). None: no rounding."""
 
 
+class RefineConfig(StrictModel):
+    """Gradient refinement of the chosen mixture after the last round (demix.search.refine).
+
+    Projected gradient ascent of the ``weighted`` objective on the bounded simplex, from the
+    top-k mean, with exact gradients through the merge (one forward and backward pass per
+    held-out domain gives the derivative for every component). Each proposal moves
+    ``step_size`` (Euclidean length in component weights) along the normalised gradient, is
+    projected onto the bounds (kept exactly), evaluated and stored like any proxy, and accepted
+    only when its measured objective is higher; a rejected one halves the step. Stops after
+    ``steps`` proposals, or when the step (or the projected move) is below ``min_step``.
+
+    Off by default: it needs ``search.objective: weighted`` (``rank_mean`` has no gradient), a
+    linear merge and held-out-loss capabilities, and costs up to ``steps`` more evaluations plus
+    one gradient per accepted step (a forward and a backward pass per held-out domain: 3.6
+    evaluations' time measured on the tiny test model on CPU)."""
+
+    enabled: bool = False
+    """Refine the chosen mixture after the last round (needs search.objective: weighted)."""
+
+    steps: int = Field(default=6, ge=1)
+    """Most proposals evaluated (each one more proxy evaluation, stored like the rounds')."""
+
+    step_size: float = Field(default=0.05, gt=0, le=1)
+    """First step length: Euclidean distance in component weights along the normalised gradient."""
+
+    min_step: float = Field(default=0.002, gt=0)
+    """Stop when the step length, or the move left after projecting onto the bounds, is below this."""
+
+
 class SearchConfig(StrictModel):
     rounds: list[int] = Field(default_factory=lambda: [32, 16, 8])
     """Proxies evaluated per round (reference: N, N/2, N/4); round 0 samples the simplex, later
@@ -432,6 +465,9 @@ class SearchConfig(StrictModel):
     seed: int = 0
     """Seed of sampling, predictors and selection."""
 
+    refine: RefineConfig = Field(default_factory=RefineConfig)
+    """Gradient refinement of the chosen mixture after the last round (off by default)."""
+
     @model_validator(mode="after")
     def _check_pool(self) -> SearchConfig:
         # A top-k (or region) as large as the pool would average the whole random pool: the
@@ -451,9 +487,29 @@ class SearchConfig(StrictModel):
 # --------------------------------------------------------------------------- fidelity, scale-out
 
 
+class RegisteredReference(StrictModel):
+    """A reference model trained elsewhere on a known data mixture (a past run, the DeMix
+    release's reference models): the fidelity stage evaluates it as ground truth and never
+    trains one for that data mixture."""
+
+    mixture: dict[str, float]
+    """The data mixture it was trained on (domain -> token share, summing to 1). Its merged
+    proxy is built at the component weights that stand for this data mixture, so it must lie
+    in the region merging reaches (general share at least train.components.general_share)."""
+
+    path: str
+    """Its Hugging Face checkpoint directory: safetensors only, loadable without its own code
+    (unless model.trust_remote_code), the base's architecture, vocabulary and tensor shapes."""
+
+
 class FidelityConfig(StrictModel):
     num_references: int = Field(default=8, ge=0)
-    """Reference mixtures sampled with the search's sampler (in addition to `mixtures`)."""
+    """Reference mixtures sampled with the search's sampler (in addition to `mixtures` and
+    `references`)."""
+
+    references: list[RegisteredReference] = Field(default_factory=list)
+    """Reference models trained elsewhere, registered by data mixture and path: evaluated, not
+    trained (they come first, before `mixtures` and the sampled ones)."""
 
     mixtures: list[dict[str, float]] = Field(default_factory=list)
     """User-given reference mixtures (domain -> token share): data mixtures under the

@@ -17,10 +17,12 @@ from demix.training.command import execute_plan, plan_command_runs, register_fin
 from helpers.models import save_tiny_checkpoint
 
 GOLDEN = Path(__file__).parents[1] / "golden" / "command"
+# Megatron-LM's own flags: it counts the budget in samples (--train-samples), so the shell turns
+# demix's token budget into sequences; --split 100,0,0 trains on all of each prefix, as demix counted.
 TEMPLATE = (
-    "torchrun --nproc_per_node 8 pretrain_gpt.py --data-args-path {data_mixture_file} --train-tokens {tokens} "
-    "--seed {seed} --lr {lr} --global-batch-size {batch_size} --seq-length {seq_len} --load {init} --save {output_dir} "
-    "--exp-name {name}"
+    "torchrun --nproc_per_node 8 pretrain_gpt.py --data-args-path {data_mixture_file} --split 100,0,0 "
+    "--train-samples $(( ({tokens} + {seq_len} - 1) / {seq_len} )) --seed {seed} --lr {lr} --global-batch-size {batch_size} "
+    "--seq-length {seq_len} --load {init} --save {output_dir} --wandb-exp-name {name}"
 )
 SETTINGS = {
     "train.command.template": f'"{TEMPLATE}"',

@@ -47,15 +47,10 @@ def base(config: ConfigArg, overrides: OverridesOpt = None, quiet: QuietOpt = Fa
     """Pretrain the base model from scratch on the general domain (or check model.base_path)."""
     cfg, run = open_run(config, overrides, quiet)
     from demix.checkpoints import base_dir
+    from demix.pipeline import base_stage_description
     from demix.training import train_base
 
-    what = (
-        f"checking the given base {cfg.model.base_path}"
-        if cfg.model.base_path
-        else f"pretraining a {cfg.model.architecture} base on '{cfg.data.general_domain}' "
-        f"for {cfg.train.base.tokens:,} tokens"
-    )
-    stage_header("train base", what, base_dir(cfg, run))
+    stage_header("train base", base_stage_description(cfg), base_dir(cfg, run))
     _print_result("base", train_base(cfg, run, show_progress=not quiet))
 
 
@@ -136,7 +131,7 @@ def command(
 ) -> None:
     """Train components (and reference models) with YOUR trainer: the `command` backend.
 
-    For each run, writes the data-mixture file in train.command.format (megatron, nemo, nanotron, olmo-core, ...) under <run>/train_commands/, fills train.command.template ({data_mixture_file}, {output_dir}, {tokens}, {seed}, {domain}, ...) and runs it here, one run after the other; then converts the output (train.command.converter) and registers the checkpoint for merging.
+    For each run, writes the data-mixture file in train.command.format (megatron, megatron-bridge, nemo2, olmo-core, ...) under <run>/train_commands/, fills train.command.template ({data_mixture_file}, {output_dir}, {tokens}, {seed}, {domain}, ...) and runs it here, one run after the other; then converts the output (train.command.converter) and registers the checkpoint for merging.
 
     With train.command.slurm=true it writes slurm_array.sh instead: submit it with sbatch, then run this again with --register. See docs/scaling.md.
     """

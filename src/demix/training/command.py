@@ -3,7 +3,8 @@
 For each run (one component per domain, one reference model per mixture) demix renders
 
 - the data-mixture file in your trainer's format (the exporters of ``demix export``: Megatron,
-  NeMo, nanotron, OLMo-core, HF datasets, MosaicML, JSON), with the token budget of the run: the
+  Megatron-Bridge, NeMo, nanotron, OLMo-core, HF datasets, MosaicML, litdata, torchtitan, JSON),
+  with the token budget of the run: the
   run's training mixture, token shares of its training data (a component: ``general_share``
   general + its domain; a reference model: its data mixture);
 - your launch command, from ``train.command.template`` with placeholders filled in;
@@ -146,7 +147,8 @@ def plan_command_runs(
     if not cmd.template:
         raise DemixError(
             "train.command.template is not set",
-            "set it to your trainer's launch command, e.g. 'torchrun ... --data-path {data_mixture_file} --save {output_dir}'",
+            "set it to your trainer's launch command, e.g. 'torchrun ... pretrain_gpt.py --data-args-path {data_mixture_file} "
+            "--save {output_dir}'",
         )
     unknown_roles = [r for r in roles if r not in ROLES]
     if unknown_roles:
