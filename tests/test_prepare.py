@@ -366,3 +366,42 @@ def test_errors_replace_is_recorded_in_provenance_and_in_the_fingerprint(tmp_pat
     assert math["invalid_utf8_replaced"] == {"total": 1, "files": {str(sources / "math.txt"): 1}}
     general = result["domains"]["general"]
     assert general["errors"] == "strict" and general["invalid_utf8_replaced"] == {"total": 0, "files": {}}
+
+
+def test_adding_a_domain_to_a_trained_run_keeps_its_tokenizer_and_packs_only_the_new_domain(tmp_path, sources):
+    """Once a base or component was trained with the run's tokenizer, a domain added to
+    data.domains is packed with that tokenizer; the other domains' packs are kept as they are."""
+    from demix.checkpoints import Provenance
+    from demix.config import config_from_dict as from_dict
+
+    full = _config(tmp_path, sources)
+    raw = full.model_dump(mode="json")
+    raw["data"]["domains"] = raw["data"]["domains"][:2]
+    two = from_dict(raw)
+    run = RunDir(two.run_dir)
+    prepare(two, run, progress=False)
+    tokenizer = (run.tokenizer / "tokenizer.json").read_bytes()
+    packs = {p: p.stat().st_mtime_ns for p in run.data.rglob("*.bin")}
+    run.base.mkdir(parents=True)
+    Provenance(role="base").write(run.base)  # a finished base: trained with this tokenizer
+    result = prepare(full, run, progress=False)
+    assert (run.tokenizer / "tokenizer.json").read_bytes() == tokenizer
+    assert {p: p.stat().st_mtime_ns for p in packs} == packs  # general and math not packed again
+    assert PackedTokens.exists(split_prefix(run.data, "code", "train")) and is_prepared(full, run)
+    assert result["domains"]["code"]["splits"]["train"]["tokens"] > 0
+    # Without a trained model, a changed domain set trains the tokenizer again (as before).
+    fresh = RunDir(tmp_path / "fresh")
+    raw["output_dir"] = str(fresh.root)
+    prepare(from_dict(raw), fresh, progress=False)
+    raw["data"]["domains"] = full.model_dump(mode="json")["data"]["domains"]
+    prepare(from_dict(raw), fresh, progress=False)
+    assert (fresh.tokenizer / "tokenizer.json").read_bytes() != tokenizer
+
+
+def test_a_checkpoint_of_another_tokenizer_is_named_by_what_differs():
+    from demix.training.model import vocabulary_difference
+
+    text = vocabulary_difference({"a": 0, "b": 1, "ab": 2}, {"a": 0, "b": 1, "ba": 2})
+    assert "3 tokens in the checkpoint's, 3 in the run's" in text
+    assert "only in the checkpoint's (e.g. 'ab')" in text and "only in the run's (e.g. 'ba')" in text
+    assert "another id" in vocabulary_difference({"a": 0, "b": 1}, {"a": 1, "b": 0})

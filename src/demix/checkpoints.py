@@ -371,7 +371,14 @@ def components_fingerprint(config: RunConfig, run: RunDir) -> str | None:
 
     Stored with every merged evaluation, it lets a resumed search refuse evaluations made with
     components that have since been retrained."""
-    dirs = [base_dir(config, run), *component_dirs(config, run).values()]
+    return components_fingerprint_of(config, run, config.data.domain_names)
+
+
+def components_fingerprint_of(config: RunConfig, run: RunDir, domains: list[str]) -> str | None:
+    """:func:`components_fingerprint` of the base and the components of ``domains`` (in that
+    order) only: what a run whose domains were ``domains`` recorded, so that a merged evaluation
+    of demix < 0.3 (whole-set fingerprint only) is recognised after a domain was added."""
+    dirs = [base_dir(config, run), *(component_dir(config, run, d) for d in domains)]
     parts = []
     for i, d in enumerate(dirs):
         for f in sorted(d.glob("*.safetensors")) if d.is_dir() else []:

@@ -119,9 +119,39 @@ def _tokenizer_texts(config: RunConfig, corpora: dict[str, Corpus], bar: Any) ->
         bar.update(task, completed=share * len(corpora), description="tokenizer: training BPE", info="")
 
 
-def _make_tokenizer(config: RunConfig, run: RunDir, corpora: dict[str, Corpus], bar: Any, prepared_before: bool) -> Any:
+def keeps_tokenizer(config: RunConfig, run: RunDir, previous: dict[str, Any] | None) -> bool:
+    """True when prepare must keep the run's trained tokenizer instead of training a new one: a
+    previous prepare finished with the same ``tokenizer`` settings and the run already holds a
+    base or component trained with it (a new tokenizer would strand them: adding a domain to a
+    finished run must keep its base and components). A user's ``tokenizer.path`` is loaded anyway."""
+    from demix.checkpoints import is_finished
+
+    if previous is None or config.tokenizer.path or not run.tokenizer.is_dir():
+        return False
+    recorded = previous.get("tokenizer_config")
+    if recorded is not None and recorded != config.tokenizer.model_dump(mode="json"):
+        return False
+    return is_finished(run.base) or any(is_finished(run.component(d)) for d in config.data.domain_names)
+
+
+def domain_fingerprint(config: RunConfig, corpus: Corpus, tokenizer_file: Path) -> str:
+    """What one domain's pack depends on: its config and source, the split settings and the
+    tokenizer's own file; a domain whose fingerprint is unchanged is not packed again."""
+    tok = hashlib.sha256(tokenizer_file.read_bytes()).hexdigest() if tokenizer_file.is_file() else None
+    d = config.data
+    payload = {"format": FORMAT_VERSION, "domain": corpus.domain.model_dump(mode="json"), "source": corpus.fingerprint(),
+               "seed": d.seed, "heldout_fraction": d.heldout_fraction, "max_heldout_documents": d.max_heldout_documents,
+               "tokenizer": tok}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _make_tokenizer(config: RunConfig, run: RunDir, corpora: dict[str, Corpus], bar: Any, prepared_before: bool,
+                    keep: bool = False) -> Any:
     from demix.tokenizer import load_tokenizer, save_tokenizer, train_bpe
 
+    if keep:
+        log.info("keeping the run's tokenizer (%s): its base or components were trained with it", run.tokenizer)
+        return load_tokenizer(run.tokenizer)
     if config.tokenizer.path:
         tok = load_tokenizer(config.tokenizer.path, trust_remote_code=config.model.trust_remote_code)
     else:
@@ -291,16 +321,33 @@ def prepare(config: RunConfig, run: RunDir, progress: bool = True, force: bool =
     t0 = time.perf_counter()
     # A finished prepare of an older demix left a tokenizer without demix's marker: it may be replaced.
     prepared_before = run.provenance.is_file()
+    try:
+        previous = read_json(run.provenance) if prepared_before else None
+    except (OSError, ValueError):
+        previous = None
+    keep = keeps_tokenizer(config, run, previous)
     # Invalidate first: a crash half-way must not leave an old provenance that looks complete.
     run.provenance.unlink(missing_ok=True)
     run.data.mkdir(parents=True, exist_ok=True)
     remove_stale(run.data)
     with _progress(progress) as bar:
-        tok = _make_tokenizer(config, run, corpora, bar, prepared_before)
-        domains = {name: _pack_domain(config, run, corpus, tok, bar) for name, corpus in corpora.items()}
+        tok = _make_tokenizer(config, run, corpora, bar, prepared_before, keep)
+        tokenizer_file = run.tokenizer / "tokenizer.json"
+        old_domains = (previous or {}).get("domains", {}) if keep else {}
+        domains = {}
+        for name, corpus in corpora.items():
+            fp = domain_fingerprint(config, corpus, tokenizer_file)
+            old = old_domains.get(name)
+            packed = all(PackedTokens.exists(split_prefix(run.data, name, s)) for s in ("train", "heldout"))
+            if isinstance(old, dict) and old.get("fingerprint") == fp and packed:
+                log.info("prepare: domain %s unchanged, its pack is kept", name)
+                domains[name] = old  # the same tokenizer, source and split: the same pack
+            else:
+                domains[name] = {**_pack_domain(config, run, corpus, tok, bar), "fingerprint": fp}
     result = {
         "fingerprint": fingerprint,
         "format": FORMAT_VERSION,
+        "tokenizer_config": config.tokenizer.model_dump(mode="json"),
         "tokenizer": {
             "path": config.tokenizer.path or "trained byte-level BPE",
             "vocab_size": len(tok),

@@ -242,6 +242,12 @@ class RunDir:
     def search(self) -> Path:
         return self.root / "search"
 
+    @property
+    def checkpoint_hashes(self) -> Path:
+        """Cache of the weights hash of each checkpoint the search merges, keyed by its files'
+        sizes and modification times (:mod:`demix.search.evidence`): hashing reads every byte."""
+        return self.search / "checkpoint_hashes.json"
+
     def round_dir(self, round_index: int) -> Path:
         """``search/round_<r>``; its files are named in :class:`RoundFiles`."""
         return self.search / f"round_{round_index}"

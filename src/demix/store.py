@@ -449,6 +449,16 @@ class Store:
         with self._begin() as conn:
             return conn.execute(t.update().where(where).values(**values)).rowcount == 1
 
+    def annotate(self, key: str, provenance: Mapping[str, Any], proxy_kind: str = MERGED) -> bool:
+        """Replace the provenance of the finished evaluation with mixture key ``key`` (scores
+        untouched), e.g. to record per-component fingerprints in a row of an older demix. False
+        when there is no finished row of that key and kind (nothing written)."""
+        t = self.evaluations
+        where = (t.c.mixture_key == key) & (t.c.proxy_kind == proxy_kind) & (t.c.status == "done")
+        with self._begin() as conn:
+            values = {"provenance": _dumps(dict(provenance), "provenance")}
+            return conn.execute(t.update().where(where).values(**values)).rowcount == 1
+
     def renew(self) -> int:
         """Extend the lease of every pending row this driver holds (call between evaluations)."""
         t = self.evaluations

@@ -191,8 +191,9 @@ def test_search_cli_needs_prepared_data(tmp_path):
     assert "run `demix prepare` first" in proc.stderr
 
 
-def test_evaluations_of_retrained_components_are_refused(tmp_path):
-    """A resumed search must not reuse proxies merged from components that changed since."""
+def test_evaluations_of_retrained_components_are_evaluated_again(tmp_path):
+    """A resumed search never fits proxies merged from a component that changed since: the ones
+    that used it are evaluated again on the new weights (tests/search/test_evidence.py: only those)."""
     run = RunDir(tmp_path / "run")
     config = make_config(run.root, rounds=[6])
     for d in [run.base] + [run.component(x) for x in DOMAINS]:
@@ -208,11 +209,15 @@ def test_evaluations_of_retrained_components_are_refused(tmp_path):
     run_search(config, run, scorer, TOKENS)
     assert len(scorer.calls) == 6
 
-    # A retrained component (new weights file): the stored proxies are stale.
+    # A retrained component (new weights file): the stored proxies that used it are stale.
     (run.component(DOMAINS[1]) / "model.safetensors").write_bytes(b"retrained weights")
-    with pytest.raises(DemixError, match="merged evaluation\\(s\\) of other components"):
-        run_search(config, run, scorer, TOKENS)
-    assert len(scorer.calls) == 6
+    with Store(run.store_url) as store:
+        used = [e.mixture_key for e in store.evaluations_done() if round(e.weights[DOMAINS[1]], 6) != 0]
+    assert used
+    run_search(config, run, scorer, TOKENS)
+    assert sorted(scorer.calls[6:]) == sorted(used)
+    with Store(run.store_url) as store:
+        assert store.count() == 6  # replaced in place, not duplicated
 
 
 def test_on_event_hears_each_round_evaluation_and_ranking(tmp_path):

@@ -33,7 +33,7 @@ def _root() -> None:
 
 
 # Modules that add verbs to `app`. A module missing here simply adds no verb.
-_VERB_MODULES = ["run", "init", "prepare", "train", "search", "report", "export", "merge", "eval", "fidelity"]
+_VERB_MODULES = ["run", "init", "prepare", "train", "search", "report", "export", "merge", "eval", "fidelity", "status"]
 
 
 def _register() -> None:

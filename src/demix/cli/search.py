@@ -42,6 +42,9 @@ def search_cmd(
 
     console.quiet = False
     console.print(plan_table(result.best))
+    refined = refinement_table(result.best)
+    if refined is not None:
+        console.print(refined)
     console.print(
         f"{result.evaluations} evaluations in the store ({result.evaluated_now} new this run); wrote {result.path}\n"
         f"export its data mixture with: demix export {run.root} --to megatron|nemo|nanotron|olmo-core|hf-datasets|mosaic|json",
@@ -77,6 +80,33 @@ def plan_table(best: BestMixture) -> Table:
             d, _cell(data.get(d), ".4f"), _cell(weights.get(d), ".4f"), _cell(std, ".4f"),
             _cell(tokens.get(d), ","), _cell(epochs.get(d), ".2f"),
         )
+    return table
+
+
+def refinement_table(best: BestMixture) -> Table | None:
+    """``search.refine``'s outcome (measured objective of the start and of the chosen mixture) and
+    the sensitivity at the chosen mixture: per capability, the score's change per +0.01 of each
+    domain's data share (``-`` where that move leaves the reachable data mixtures). None when
+    the search did not refine."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    ref, sens = best.refinement, best.sensitivity
+    if not ref or not sens:
+        return None
+    scores = sens.get("scores", {})
+    table = Table(
+        title=(f"refinement: measured objective {ref['start']['measured_objective']:.5f} -> "
+               f"{ref['measured_objective']:.5f} ({ref['chosen']}; {len(ref['steps'])} proposal(s); {ref['stopped']})"),
+        caption=escape("score change per +0.01 of the domain's data share (first order, exact gradients through "
+                       "the merge); - : not reachable"),
+        caption_justify="left",
+    )
+    table.add_column("score")
+    for d in best.domains:
+        table.add_column(f"+0.01 {d}", justify="right")
+    for name, per in scores.items():
+        table.add_row(escape(name), *[_cell(per.get(d), "+.5f") for d in best.domains])
     return table
 
 

@@ -63,6 +63,18 @@ class MergedProxyScorer:
         self.setup_seconds = time.perf_counter() - t0
         log.info("proxy builder and evaluator ready in %.1f s", self.setup_seconds)
 
+    @property
+    def builder(self) -> Any:
+        """The resident :class:`demix.merging.ProxyBuilder` (after :meth:`setup`)."""
+        self.setup()
+        return self._builder
+
+    @property
+    def evaluator(self) -> Any:
+        """The prepared :class:`demix.evaluation.Evaluator` (after :meth:`setup`)."""
+        self.setup()
+        return self._evaluator
+
     def __call__(self, mixture: Mixture) -> Any:
         self.setup()
         self._builder.build(mixture)

@@ -161,6 +161,8 @@ def search_is_complete(config: RunConfig, run: RunDir) -> bool:
         and best.objective.capability_weights == dict(s.capability_weights)
         and best.components in (None, components_fingerprint(config, run))
         and best.settings in (None, ScoringSettings.of(config).fingerprint)
+        # search.refine on: refined with these refine settings (off: a refined file is complete too).
+        and (not s.refine.enabled or (best.refinement or {}).get("settings") == s.refine.model_dump(mode="json"))
     )
 
 

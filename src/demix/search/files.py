@@ -259,6 +259,12 @@ class BestMixture:
     settings: str | None = None
     """Fingerprint of the evaluation and merge settings the proxies were scored with
     (:class:`demix.search.settings.ScoringSettings`; None in files written before it was recorded)."""
+    refinement: dict[str, Any] | None = None
+    """``search.refine``'s record (:func:`demix.search.refine.run_refinement`): the measured start,
+    every evaluated step, which mixture was chosen and the measured gain (None: not refined)."""
+    sensitivity: dict[str, Any] | None = None
+    """Per capability (and ``objective``), the score's change per +0.01 of each domain's data
+    share at the chosen mixture, from exact gradients through the merge (None: not computed)."""
     legacy: bool = False
     """Read from a file of demix < 0.2 (its ``weights`` were component weights)."""
     path: Path | None = None
@@ -325,6 +331,9 @@ class BestMixture:
             out["components"] = self.components
         if self.settings is not None:
             out["settings"] = self.settings
+        for name in ("refinement", "sensitivity"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         return out
 
     @classmethod
@@ -355,6 +364,8 @@ class BestMixture:
             mixture_key=d.get("mixture_key"),
             components=d.get("components"),
             settings=d.get("settings"),
+            refinement=opt("refinement", dict),
+            sensitivity=opt("sensitivity", dict),
             legacy=legacy,
         )
 

@@ -70,7 +70,8 @@ def training_data(
     """Component weights (n, K), capability scores and sign-corrected benchmark scores (higher is better)."""
     if not evaluations:
         raise DemixError("no finished evaluations to fit predictors on", "evaluate at least a few mixtures")
-    unknown = sorted({d for e in evaluations for d in e.weights if d not in domains})
+    # A zero weight on a domain removed since is the same proxy without it (demix.search.evidence).
+    unknown = sorted({d for e in evaluations for d, w in e.weights.items() if d not in domains and round(float(w), 6) != 0})
     if unknown:
         raise DemixError(
             f"the store holds mixtures over domain(s) {unknown} that this run does not have",

@@ -48,10 +48,12 @@ from demix.objectives import capability_weights, parse_constraints
 from demix.rundir import RoundFiles, RunDir, read_document_counts
 from demix.sampling import Bounds, resolve_bounds, sample_mixtures
 from demix.search.best import best_mixture
+from demix.search.evidence import CHECKPOINTS_KEY, Evidence, migrate
 from demix.search.files import BestMixture, RoundSummary
 from demix.search.fitting import Fit, fit_all, resolve_directions
 from demix.search.planning import Planner, rng_for
 from demix.search.ranking import Ranking, rank_pool
+from demix.search.refine import check_refine, refine_best
 from demix.search.round_files import Selection
 from demix.search.settings import ScoringSettings, is_search_row, ranking_fingerprint
 from demix.store import Evaluation, Store
@@ -127,14 +129,15 @@ def _result_parts(result: Any) -> tuple[dict[str, float], dict[str, float], dict
     return dict(benchmarks), dict(capabilities), dict(hib) if isinstance(hib, Mapping) else None
 
 
-def _check_components_unchanged(evaluations: Sequence[Evaluation], fingerprint: str | None, store_name: str) -> None:
-    stale = [e for e in evaluations if e.provenance.get("components") not in (None, fingerprint)]
-    if fingerprint is not None and stale:
+def _check_evidence(evaluations: Sequence[Evaluation], evidence: Evidence, store_name: str) -> None:
+    """The rows a round is fitted on must all be valid for the current checkpoints (a row made
+    stale by a component changed while the search ran is never fitted)."""
+    bad = [e for e in evaluations if not evidence.is_valid(e)]
+    if bad:
         raise DemixError(
-            f"the store {store_name} holds {len(stale)} merged evaluation(s) of other components: the base or "
-            "components were retrained or replaced since they were evaluated",
-            "search with the new components in a new output_dir, or delete the store and the search/ directory "
-            "of this run to evaluate again",
+            f"the store {store_name} holds {len(bad)} planned merged evaluation(s) that are no longer valid "
+            f"({evidence.reason(bad[0])}): the base or a component changed while the search ran",
+            "run the search again: it evaluates the stale proxies again on the checkpoints now on disk",
         )
 
 
@@ -164,12 +167,14 @@ class _Rounds:
     def __init__(
         self, config: RunConfig, store: Store, executor: Executor, proxy_kind: str,
         token_counts: Mapping[str, float] | None, fingerprint: str | None, on_event: OnEvent,
-        space: tuple[Bounds, np.ndarray], mapping: MixtureMap,
+        space: tuple[Bounds, np.ndarray], mapping: MixtureMap, evidence: Evidence | None = None,
     ) -> None:
         self.config, self.store, self.executor = config, store, executor
         self.proxy_kind, self.token_counts, self.fingerprint, self.on_event = proxy_kind, token_counts, fingerprint, on_event
         self.domains = config.data.domain_names
         self.mapping = mapping
+        self.evidence = evidence
+        """How stored rows stand against the current domains and checkpoints (None: judged by the caller)."""
         self.bounds, self.prior = space
         self.planner = Planner(config, *space)
         self.scoring = ScoringSettings.of(config)
@@ -188,18 +193,55 @@ class _Rounds:
     def run(self, r: int, n: int, files: RoundFiles, higher_is_better: Mapping[str, bool] | None) -> None:
         """Plan, evaluate, then read the round's files back when it is finished, else fit and rank."""
         done = self.store.done_keys(self.proxy_kind)
-        planned = self.planner.plan(r, n, files, self.ranking, done, lambda: self.store.evaluations_done(self.proxy_kind))
+        planned = self.planner.plan(r, n, files, self.ranking, done, self.usable_rows)
         seen = set(self.planned_keys)
         self.planned_keys += [k for k in map(mixture_key, planned) if k not in seen]
         todo = sum(mixture_key(m) not in done for m in planned)
         self.on_event(SearchEvent(ROUND_STARTED, r, planned=len(planned), done=len(planned) - todo))
         log.info("round %d: %d planned, %d to evaluate", r, len(planned), todo)
+        self.reevaluate_stale(r, planned)
         self.evaluate(r, planned)
-        if not self.read_finished(r, len(planned), files):
-            self.fit_and_rank(r, len(planned), files, higher_is_better)
+        # A round that carries over stored evidence plans more mixtures than its size: it is
+        # still the round of search.rounds' size (so a finished search reads as complete).
+        size = n if len(planned) > n else len(planned)
+        if not self.read_finished(r, size, files):
+            self.fit_and_rank(r, size, files, higher_is_better)
 
-    def provenance(self, r: int | None, i: int | None) -> dict[str, Any]:
-        """What a merged evaluation records besides its scores."""
+    def usable_rows(self) -> list[Evaluation]:
+        """The stored evaluations the planner may carry over or restore: valid for the current
+        domains and checkpoints (set-aside and stale rows are neither planned from nor fitted)."""
+        rows = self.store.evaluations_done(self.proxy_kind)
+        return rows if self.evidence is None else [e for e in rows if self.evidence.is_valid(e)]
+
+    def reevaluate_stale(self, r: int, planned: list[dict[str, float]]) -> None:
+        """Evaluate again, on the checkpoints now on disk, the planned mixtures whose stored row
+        used a base or component that changed since; each row is replaced in place as its result
+        arrives (a kill keeps the ones replaced; the rest are still stale and done on resume)."""
+        if self.evidence is None:
+            return
+        stale = self.evidence.stale_keys()
+        rows = {e.mixture_key: e for e in self.store.evaluations_done(self.proxy_kind) if e.mixture_key in stale}
+        todo = [(i, m) for i, m in enumerate(planned) if mixture_key(m) in rows]
+        if not todo:
+            return
+        log.info("round %d: evaluating %d stale proxy(ies) again on the current components", r, len(todo))
+
+        def replace(i: int, m: dict[str, float], result: Any) -> None:
+            bench, caps, hib = _result_parts(result)
+            provenance = {**self.provenance(r, i, m), "higher_is_better": self._directions(bench, hib)}
+            if self.store.replace(m, bench, caps, self.proxy_kind, provenance):
+                self.evaluated_now += 1
+                assert self.evidence is not None
+                self.evidence.verdicts.pop(mixture_key(m), None)  # judged again on its new record
+                self.on_event(SearchEvent(PROXY_EVALUATED, r, mixture=m))
+
+        self.executor.evaluate(iter(todo), replace)
+
+    def provenance(self, r: int | None, i: int | None, mixture: Mapping[str, float] | None = None) -> dict[str, Any]:
+        """What a merged evaluation records besides its scores; with ``mixture``, the base and
+        each component it gives non-zero weight (:mod:`demix.search.evidence`)."""
+        checkpoints = {} if mixture is None or self.evidence is None else {
+            CHECKPOINTS_KEY: self.evidence.checkpoints.record(mixture)}
         return {
             "round": r,
             "plan_index": i,
@@ -207,20 +249,23 @@ class _Rounds:
             "merge_method": self.config.merge.method,
             "source": "demix search",
             "components": self.fingerprint,
+            **checkpoints,
             **self.scoring.provenance(),
         }
 
     def _directions(self, bench: Mapping[str, float], hib: Mapping[str, bool] | None) -> Mapping[str, bool | None]:
         return hib or {b.name: b.higher_is_better for b in self.config.evaluation.benchmarks if b.name in bench}
 
-    def evaluate(self, r: int, planned: list[dict[str, float]]) -> None:
-        """Score the planned mixtures the store lacks, committing each result as it arrives."""
+    def evaluate(self, r: int | None, planned: list[dict[str, float]]) -> None:
+        """Score the planned mixtures the store lacks, committing each result as it arrives
+        (``r`` None: refinement proposals, which belong to no round's plan)."""
 
         def commit(i: int, m: dict[str, float], result: Any) -> bool:
             bench, caps, hib = _result_parts(result)
-            provenance = {**self.provenance(r, i), "higher_is_better": self._directions(bench, hib)}
+            provenance = {**self.provenance(r, i, m), "higher_is_better": self._directions(bench, hib)}
             stored = self.store.complete(m, bench, caps, self.proxy_kind, provenance)
-            self.on_event(SearchEvent(PROXY_EVALUATED, r, mixture=m))
+            # Events number the refinement as the round after the last.
+            self.on_event(SearchEvent(PROXY_EVALUATED, len(self.config.search.rounds) if r is None else r, mixture=m))
             return stored
 
         # Claims each mixture just before dispatch, commits each result as it arrives, and
@@ -240,7 +285,7 @@ class _Rounds:
         def replace(_: int, m: dict[str, float], result: Any) -> None:
             bench, caps, hib = _result_parts(result)
             old = rows[mixture_key(m)].provenance
-            provenance = {**old, **self.provenance(old.get("round"), old.get("plan_index")),
+            provenance = {**old, **self.provenance(old.get("round"), old.get("plan_index"), m),
                           "higher_is_better": self._directions(bench, hib)}
             if self.store.replace(m, bench, caps, self.proxy_kind, provenance):
                 self.evaluated_now += 1
@@ -282,6 +327,8 @@ class _Rounds:
         stale = self.scoring.stale(evaluations)
         if stale:  # a planned mixture another stage stored under other settings (or a concurrent change)
             raise self.scoring.refuse(stale, self.store_name)
+        if self.evidence is not None:
+            _check_evidence(evaluations, self.evidence, self.store_name)
         directions = resolve_directions(evaluations, self.config, higher_is_better)
         self.fit = fit_all(evaluations, self.domains, directions, s.predictor, s.cv_folds, s.seed)
         # selection.json marks the round finished: gone while the other files are rewritten, so a
@@ -332,6 +379,7 @@ def run_search(
     s = config.search
     mapping = mixture_map(config, run)
     space = _sampling_space(config, token_counts, mapping)
+    check_refine(config)  # a refinement that cannot run fails before any proxy is evaluated
     documents = read_document_counts(run, config.data.domain_names)
     own_store = store is None
     store = store or Store(config.store.url or run.store_url, lease_seconds=config.store.lease_seconds)
@@ -341,16 +389,25 @@ def run_search(
                 raise DemixError("the search has neither a scorer nor an executor", "pass scorer(mixture) -> result, or executor=")
             executor = LocalExecutor(scorer)
         fingerprint = components_fingerprint(config, run)
+        stored = store.evaluations_done(proxy_kind)
+        # Each row judged per component: rows of a domain added since stay (weight 0 there), rows
+        # of a removed domain are set aside, rows of a retrained component are stale.
+        evidence = Evidence.judge(config, run, stored)
         rounds = _Rounds(
-            config, store, executor, proxy_kind, token_counts, fingerprint, on_event or (lambda e: None), space, mapping
+            config, store, executor, proxy_kind, token_counts, fingerprint, on_event or (lambda e: None), space, mapping,
+            evidence,
         )
         # Never print a server URL: it may hold a password.
         store_name = rounds.store_name = "of store.url" if config.store.url else str(run.store_file)
-        stored = store.evaluations_done(proxy_kind)
-        _check_components_unchanged(stored, fingerprint, store_name)
+        if stored:
+            log.info("stored merged evaluations for the current components: %s", evidence.describe())
+        migrated = migrate(store, evidence, proxy_kind)
+        if migrated:
+            log.info("recorded per-component fingerprints in %d evaluation(s) of an older demix", migrated)
         # Before anything is written: scores of other settings are never fitted with these. Only
-        # the search's rows count (the fidelity stage's own proxies are never planned: stored).
-        stale = rounds.scoring.stale([e for e in stored if is_search_row(e)])
+        # the search's rows that are still valid count (the fidelity stage's own proxies are never
+        # planned; set-aside rows are never fitted; stale ones are evaluated again anyway).
+        stale = rounds.scoring.stale([e for e in stored if is_search_row(e) and evidence.is_valid(e)])
         if stale and not rescore:
             raise rounds.scoring.refuse(stale, store_name)
         released = store.release_pending(proxy_kind)
@@ -363,6 +420,8 @@ def run_search(
         assert rounds.ranking is not None and rounds.fit is not None
         best = best_mixture(config, rounds.ranking, rounds.fit, token_counts, documents, rounds.summaries, fingerprint,
                             rounds.scoring.fingerprint, mapping)
+        if s.refine.enabled:
+            best = refine_best(config, run, rounds, best, executor, token_counts, documents, fingerprint, mapping)
         best.write(run.best_mixture)
         best.path = run.best_mixture  # as if read back: errors about it name the file
     finally:

@@ -131,13 +131,15 @@ def ranking_fingerprint(
     config: RunConfig, token_counts: Mapping[str, float] | None, mapping: MixtureMap | None = None
 ) -> str:
     """The search settings a round's fit and ranking depend on: ``search.*`` except ``rounds``
-    (each round's size is checked against its ``planned.json``), the domains and their token
+    (each round's size is checked against its ``planned.json``) and ``refine`` (after the last
+    round), the domains and their token
     counts (bounds, prior, the natural mixture), and the matrix of ``mapping`` (each component's
     training mixture) where the ranking reads it (:func:`ranking_reads_mapping`): changing a
     declared training mixture then ranks the finished rounds again. Where it does not, the
     fingerprint is the one demix < 0.2 recorded, so a search of demix 0.1 reads its finished
     rounds back (they rank the same component weights)."""
-    search = {k: v for k, v in config.search.model_dump(mode="json").items() if k != "rounds"}
+    # refine acts after the last round: it changes no round's fit or ranking.
+    search = {k: v for k, v in config.search.model_dump(mode="json").items() if k not in ("rounds", "refine")}
     counts = {d: float(token_counts[d]) for d in config.data.domain_names} if token_counts else None
     values: dict[str, Any] = {"search": search, "domains": config.data.domain_names, "token_counts": counts}
     if mapping is not None and ranking_reads_mapping(config):

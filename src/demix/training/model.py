@@ -68,9 +68,29 @@ def check_vocabulary(tokenizer, path: Path, what: str = "checkpoint") -> None:
         own = PreTrainedTokenizerFast(tokenizer_file=str(Path(path) / "tokenizer.json"))
         if len(own) != n or own.get_vocab() != tokenizer.get_vocab():
             raise DemixError(
-                f"the {what} '{path}' was trained with another tokenizer ({len(own)} tokens) than the run's ({n} tokens)",
-                fix,
+                f"the {what} '{path}' was trained with another tokenizer than the run's: "
+                f"{vocabulary_difference(own.get_vocab(), tokenizer.get_vocab())}",
+                "the run's tokenizer/ was replaced since the checkpoint was trained (a prepare that trained a new "
+                "tokenizer, e.g. after the data changed): restore the tokenizer saved with the checkpoint "
+                f"('{path}') as tokenizer.path, or {fix}",
             )
+
+
+def vocabulary_difference(checkpoint: dict[str, int], run: dict[str, int]) -> str:
+    """What differs between two vocabularies (token -> id), in words: sizes, then tokens only one
+    has and tokens with another id, each with an example (same-size tokenizers differ in merges)."""
+    only_ckpt = sorted(set(checkpoint) - set(run))
+    only_run = sorted(set(run) - set(checkpoint))
+    moved = sorted(t for t in set(checkpoint) & set(run) if checkpoint[t] != run[t])
+    parts = [f"{len(checkpoint)} tokens in the checkpoint's, {len(run)} in the run's"]
+    if only_ckpt:
+        parts.append(f"{len(only_ckpt)} token(s) only in the checkpoint's (e.g. {only_ckpt[0]!r})")
+    if only_run:
+        parts.append(f"{len(only_run)} token(s) only in the run's (e.g. {only_run[0]!r})")
+    if moved:
+        t = moved[0]
+        parts.append(f"{len(moved)} token(s) with another id (e.g. {t!r}: {checkpoint[t]} vs {run[t]})")
+    return "; ".join(parts)
 
 
 def load_checkpoint(
