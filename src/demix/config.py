@@ -438,6 +438,28 @@ class SearchConfig(StrictModel):
     predictor: Literal["auto", "lightgbm", "ridge"] = "auto"
     """Regressor from mixture to score (auto: ridge below 32 evaluations, else LightGBM)."""
 
+    predictor_intervals: int = Field(default=0, ge=0)
+    """Members of a bootstrap ensemble of the predictor (each fitted on a resample of the
+    evaluations, of the kind `predictor` resolves to) giving every candidate a mean and a
+    `interval_level` interval (:class:`demix.predictors.Ensemble`); cv.json then reports each
+    capability's out-of-fold interval coverage. 0: none (the paper's single fit)."""
+
+    interval_level: float = Field(default=0.8, gt=0, lt=1)
+    """Nominal coverage of the predicted intervals (two-sided)."""
+
+    planner: Literal["paper", "ucb"] = "paper"
+    """How rounds after the first choose their proxies. paper: a seeded draw from the predicted
+    top region (the reference). ucb: the pool candidates of highest upper confidence bound on
+    the objective (ensemble mean + ucb_beta x ensemble spread), each at least min_distance from
+    the others and from every evaluated mixture (needs predictor_intervals >= 2)."""
+
+    ucb_beta: float = Field(default=1.0, ge=0)
+    """Weight of the ensemble's spread in the ucb planner's bound (0: the ensemble mean alone)."""
+
+    min_distance: float = Field(default=0.05, ge=0)
+    """Least Euclidean distance (component weights) between a ucb pick and the other picks and
+    evaluated mixtures; halved while too few candidates are that far apart."""
+
     cv_folds: int = Field(default=5, ge=2)
     """k of the k-fold cross-validation reported per target."""
 
@@ -481,6 +503,12 @@ class SearchConfig(StrictModel):
             raise ValueError(
                 f"search.region_size ({self.region_size}) is larger than search.pool_size ({self.pool_size})"
             )
+        if self.planner == "ucb" and self.predictor_intervals < 2:
+            raise ValueError(
+                "search.planner: ucb needs the ensemble's spread: set search.predictor_intervals >= 2 (e.g. 16)"
+            )
+        if self.predictor_intervals == 1:
+            raise ValueError("search.predictor_intervals must be 0 (off) or at least 2 (a spread needs two members)")
         return self
 
 
@@ -501,6 +529,26 @@ class RegisteredReference(StrictModel):
     """Its Hugging Face checkpoint directory: safetensors only, loadable without its own code
     (unless model.trust_remote_code), the base's architecture, vocabulary and tensor shapes."""
 
+    name: str | None = None
+    """A label for errors and reports (the mixture's name in a mixtures file); None: its position."""
+
+
+class ReferenceSet(StrictModel):
+    """Reference models registered from a mixtures file, one folder per named mixture: the
+    layout of the DeMix release (``reference_models/sampled_mixture.json`` and a folder per
+    mixture)."""
+
+    mixtures_file: str
+    """JSON object ``{name: {domain: token share}}``: the data mixture each model was trained on."""
+
+    path: str
+    """Each model's checkpoint directory, with ``{name}`` standing for the mixture's name
+    (``/data/DeMix_Corpora/reference_models/{name}``)."""
+
+    skip_missing: bool = False
+    """Leave out, with a warning naming them, mixtures whose folder does not exist (the DeMix
+    release lists more mixtures than it ships models); off: a missing folder is an error."""
+
 
 class FidelityConfig(StrictModel):
     num_references: int = Field(default=8, ge=0)
@@ -510,6 +558,9 @@ class FidelityConfig(StrictModel):
     references: list[RegisteredReference] = Field(default_factory=list)
     """Reference models trained elsewhere, registered by data mixture and path: evaluated, not
     trained (they come first, before `mixtures` and the sampled ones)."""
+
+    reference_sets: list[ReferenceSet] = Field(default_factory=list)
+    """More registered reference models, read from mixtures files (after `references`)."""
 
     mixtures: list[dict[str, float]] = Field(default_factory=list)
     """User-given reference mixtures (domain -> token share): data mixtures under the
@@ -524,6 +575,11 @@ class FidelityConfig(StrictModel):
 
     trained_proxy_budgets: list[Annotated[int, Field(gt=0)]] = Field(default_factory=list)
     """Token budgets of training-based proxies compared against merged proxies (empty: trained_proxy.tokens)."""
+
+    train_proxies: bool = True
+    """Train the training-based proxies (RegMix-style baseline) at `trained_proxy_budgets`.
+    False: only merged proxies are compared with the reference models, and with registered
+    references nothing is trained at all (scoring a release's models)."""
 
     top_fraction: float = Field(default=0.25, gt=0, le=1)
     """Share of reference mixtures (best by reference score) behind the top-share Spearman."""

@@ -4,7 +4,7 @@ Stages and the files that say they are done (names from :mod:`demix.rundir`):
 
 ==================  =====================================================================
 prepare             ``data/provenance.json`` with this data + tokenizer fingerprint
-train base          ``models/base/demix.json`` (or ``model.base_path`` is given)
+train base          ``models/base/demix.json`` (a given ``model.base_path`` is checked each time)
 train components    ``models/components/<domain>/demix.json`` for every trained domain
 search              ``best_mixture.json`` planned with this config's rounds, pool and top-k
 report              ``report/report.html`` newer than ``best_mixture.json``
@@ -22,6 +22,7 @@ stage, so a killed run keeps the times of the stages it finished).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -158,13 +159,11 @@ def _train_stages(stage: _StageRunner, config: RunConfig, run: RunDir, show: boo
         result = train_base(config, run, show_progress=show)
         return {"tokens": result.provenance.tokens_seen if result.provenance else None}
 
-    m = config.model
-    stage(
-        2, "train base",
-        f"pretrain a {m.architecture} base ({m.hidden_size} wide, {m.num_layers} layers) "
-        f"on '{config.data.general_domain}' for {config.train.base.tokens:,} tokens",
-        base_dir(config, run), bool(m.base_path) or is_finished(run.base), base,
-    )
+    # A given base is never "done" ahead of time: the stage checks it against the run's
+    # tokenizer (headers and config only), which is what it really does with it.
+    given_base = bool(config.model.base_path)
+    stage(2, "train base", base_stage_description(config), base_dir(config, run),
+          not given_base and is_finished(run.base), base)
 
     todo = components_to_train(config)
 
@@ -172,14 +171,60 @@ def _train_stages(stage: _StageRunner, config: RunConfig, run: RunDir, show: boo
         results = train_components(config, run, todo, show_progress=show)
         return {"trained": [d for d, r in results.items() if not r.skipped], "backend": config.train.backend}
 
-    share = config.train.components.general_share
-    trainer = "your trainer (train.command.template)" if config.train.backend == "command" else "the HF recipe"
-    stage(
-        3, "train components",
-        f"continue the base on each of {len(todo)} domains ({share:.0%} general data) for "
-        f"{config.train.components.tokens:,} tokens each, with {trainer}",
-        run.models / "components", all(is_finished(run.component(d)) for d in todo), components,
+    stage(3, "train components", components_stage_description(config), run.models / "components",
+          all(is_finished(run.component(d)) for d in todo), components)
+
+
+def describe_checkpoint(path: str | Path) -> str:
+    """``'PATH' (a llama model, 134.5M parameters, bf16)`` from its config.json and safetensors
+    headers (no weights are read); just ``'PATH'`` when those cannot be read (the stage that
+    uses it then says why)."""
+    from demix.checkpoints import Layout
+    from demix.errors import DemixError
+
+    try:
+        layout = Layout.read(path, "checkpoint")
+    except DemixError:
+        return f"'{path}'"
+    n = sum(math.prod(t.shape) for t in layout.tensors.values())
+    dtypes = sorted({t.dtype for t in layout.tensors.values()})
+    kind = layout.config.get("model_type") or "transformers"
+    size = f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
+    return f"'{path}' (a {kind} model, {size} parameters, {'/'.join(d.lower() for d in dtypes)})"
+
+
+def base_stage_description(config: RunConfig) -> str:
+    """What the base stage does with this config: pretrain a fresh base, or use the given
+    ``model.base_path`` as it is (checked against the run's tokenizer, not trained)."""
+    m = config.model
+    if m.base_path:
+        return (
+            f"use the given base checkpoint {describe_checkpoint(m.base_path)} (model.base_path) as it is: "
+            "checked against the run's tokenizer, not trained"
+        )
+    return (
+        f"pretrain a {m.architecture} base ({m.hidden_size} wide, {m.num_layers} layers) "
+        f"on '{config.data.general_domain}' for {config.train.base.tokens:,} tokens"
     )
+
+
+def components_stage_description(config: RunConfig) -> str:
+    """What the components stage does: which domains it trains from which base, with which
+    trainer, and which components it takes as given (``train.components.paths``)."""
+    todo = components_to_train(config)
+    given = [d for d in config.data.domain_names if d in config.train.components.paths]
+    parts = []
+    if todo:
+        share = config.train.components.general_share
+        trainer = "your trainer (train.command.template)" if config.train.backend == "command" else "the HF recipe"
+        start = f"the given base '{config.model.base_path}'" if config.model.base_path else "the base"
+        parts.append(
+            f"continue {start} on each of {len(todo)} domain(s) {todo} ({share:.0%} general data) for "
+            f"{config.train.components.tokens:,} tokens each, with {trainer}"
+        )
+    if given:
+        parts.append(f"use the given component(s) of {given} (train.components.paths) as they are, not trained")
+    return "; ".join(parts)
 
 
 def _search_stage(stage: _StageRunner, config: RunConfig, run: RunDir, show: bool, device: str | None) -> None:

@@ -303,10 +303,37 @@ def test_merged_rows_of_other_components_are_refused(first, tmp_path):
         made_here = [e for e in store.evaluations_done("merged") if e.provenance.get("source") == "demix fidelity"]
     assert made_here and all(e.provenance["components"] for e in made_here)
     weights = copy.component("math") / "model.safetensors"
-    weights.write_bytes(weights.read_bytes())  # same weights, new file: what a retraining leaves behind
+    data = bytearray(weights.read_bytes())
+    weights.unlink()  # the copy may link to the shared run's file: never write through it
+    start = 8 + int.from_bytes(data[:8], "little")
+    data[start] ^= 1  # the lowest bit of the first stored value: what a retraining leaves behind, in miniature
+    weights.write_bytes(bytes(data))
     with pytest.raises(DemixError) as exc:
         run_fidelity(changed, copy, progress=False)
     assert "other components" in exc.value.what and "output_dir" in exc.value.fix
+    assert "math" in exc.value.what  # the component behind it, named
+
+
+def test_merged_rows_stay_valid_when_a_domain_is_added(first, tmp_path):
+    """Each merged row is judged on the base and the components it used (demix.search.evidence):
+    a domain added after the search is weight 0 in every stored row, which is never refused."""
+    from demix.config import config_from_dict
+    from demix.fidelity.models import EvaluatedModels
+    from demix.proxy_kind import MERGED
+
+    config, run, _, _ = first
+    _, copy = _copy_run(config, run, tmp_path)
+    data = config.model_dump(mode="json")
+    data["output_dir"] = str(copy.root)
+    data["data"]["domains"].append({**data["data"]["domains"][-1], "name": "web"})
+    grown = config_from_dict(data)
+    with Store(copy.store_url) as store:
+        merged = store.evaluations_done(MERGED)
+    assert merged
+    with EvaluatedModels(grown, copy, progress=False) as models:
+        for row in merged:
+            _, stale = models._stored(row.weights, MERGED)  # refused before: the whole-set fingerprint changed
+            assert stale is None or "heldout:web" not in stale.benchmarks  # at most scored again on the new benchmark
 
 
 def test_own_rows_scored_under_other_settings_are_scored_again(first, tmp_path):

@@ -237,3 +237,87 @@ def test_cover_points_go_where_there_is_no_evidence():
     drawn = np.random.default_rng(1).dirichlet(np.ones(4), 5)
     assert picked.shape == (5, 4) and np.allclose(picked.sum(axis=1), 1)
     assert picked[:, 3].mean() > drawn[:, 3].mean()  # farther from the web = 0 face than plain draws
+
+
+# --- The default benchmarks (one held-out loss per domain): a domain added adds a benchmark ---
+
+
+def default_config_for(root, domains, **evaluation):
+    return config_from_dict({
+        "output_dir": str(root),
+        "data": {"domains": [{"name": d, "source": "x.jsonl"} for d in domains]},
+        "evaluation": evaluation,
+        "search": {"rounds": [12, 6], "pool_size": 2000, "top_k": 50, "cv_folds": 3, "sampler": {"min_weight": 0.25}},
+    })
+
+
+class HeldoutScorer(Scorer):
+    """Scores every domain of the config on its own held-out text (what the default benchmarks
+    measure): bits per byte fall as a domain's weight grows."""
+
+    def __init__(self, domains, **kw):
+        super().__init__(**kw)
+        self.domains = domains
+
+    def __call__(self, m):
+        super().__call__(m)
+        bpb = {d: 2.0 - float(m.get(d, 0.0)) ** 0.5 - 0.1 * float(m.get("general", 0.0)) for d in self.domains}
+        return SimpleNamespace(
+            benchmarks={f"heldout:{d}": v for d, v in bpb.items()},
+            capabilities={d: -v for d, v in bpb.items()},
+            higher_is_better={f"heldout:{d}": False for d in self.domains},
+        )
+
+
+@pytest.fixture
+def three_default(tmp_path):
+    run = RunDir(tmp_path / "run")
+    domains = ["general", "math", "code"]
+    checkpoints(run, domains)
+    run_search(default_config_for(run.root, domains), run, HeldoutScorer(domains), {d: TOKENS4[d] for d in domains})
+    return run
+
+
+def test_adding_a_domain_with_default_benchmarks_reuses_every_row(three_default):
+    import json
+
+    from demix.search.files import BestMixture
+
+    run = three_default
+    before = rows(run)
+    assert all("heldout:web" not in e.benchmarks for e in before.values())
+    domains = ["general", "math", "code", "web"]
+    checkpoints(run, domains)
+    scorer = HeldoutScorer(domains)
+    result = run_search(default_config_for(run.root, domains), run, scorer, TOKENS4)
+    assert not set(scorer.calls) & set(before), "an old row was evaluated again"
+    after = rows(run)
+    assert {k: after[k].benchmarks for k in before} == {k: e.benchmarks for k, e in before.items()}  # untouched
+    new = [after[k] for k in fitted_keys(run, 0) - set(before)]
+    assert len(new) == 3 and all("heldout:web" in e.benchmarks for e in new)
+    # heldout:web (and the capability made of it) is fitted on the rows scored with it; the rest on all.
+    cv = json.loads(run.round_files(0).cv.read_text())
+    assert cv["benchmarks"]["heldout:web"]["n"] == 3 and cv["capabilities"]["web"]["n"] == 3
+    assert cv["benchmarks"]["heldout:math"]["n"] == len(before) + 3
+    assert result.evaluations == len(before) + 3 + 6
+    best = BestMixture.read(run.best_mixture)
+    assert set(best.component_weights) == set(domains) and abs(sum(best.component_weights.values()) - 1) < 1e-6
+    assert best.component_weights["web"] > 0
+
+
+def test_any_other_settings_change_still_refuses(three_default):
+    from demix.errors import DemixError
+
+    run = three_default
+    domains = ["general", "math", "code", "web"]
+    checkpoints(run, domains)
+    scorer = HeldoutScorer(domains)
+    with pytest.raises(DemixError, match="scored under other settings"):
+        run_search(default_config_for(run.root, domains, heldout_tokens=4096), run, scorer, TOKENS4)
+    # Fewer benchmarks than the rows were scored with (here: a capability changed too) is no addition either.
+    suite = {"benchmarks": [{"name": "heldout:general", "domain": "general", "higher_is_better": False}],
+             "capabilities": [{"name": "general", "benchmarks": {"heldout:general": 1.0}}]}
+    with pytest.raises(DemixError, match="scored under other settings"):
+        run_search(default_config_for(run.root, domains[:3], **suite), run, HeldoutScorer(domains[:1]),
+                   {d: TOKENS4[d] for d in domains[:3]})
+    assert scorer.calls == []

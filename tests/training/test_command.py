@@ -57,6 +57,22 @@ def test_rendered_commands_mixture_files_and_slurm_script_match_golden(new_run):
     check_golden("component-code.yaml", (out / "component-code.yaml").read_text(), run.root)
 
 
+def test_the_olmo_core_file_of_a_run_carries_its_batch_and_seed(new_run):
+    """OLMo-core refuses a source mixture without global_batch_size: the command backend writes
+    the run's own (batch_size x seq_len tokens) and seed, with repetition headroom."""
+    import yaml
+
+    config, run = new_run("olmo", **{**SETTINGS, "train.command.format": "olmo-core"})
+    plan = plan_command_runs(config, run, ("component",), domains=["math"])[0]
+    write_plan(config, run, [plan])
+    mix = yaml.safe_load(Path(plan.mixture_file).read_text())  # SourceMixtureDatasetConfig.from_yaml reads it
+    recipe = config.train.components
+    assert mix["global_batch_size"] == recipe.batch_size * config.model.seq_len
+    assert mix["requested_tokens"] == recipe.tokens and mix["seed"] == recipe.seed
+    shares = {s["source_name"]: s["target_ratio"] for s in mix["source_list"]["sources"]}
+    assert shares == {"general": 0.5, "math": 0.5}
+
+
 def test_dry_run_prints_and_runs_nothing(new_run, capsys, tmp_path):
     config, run = new_run("dry")
     cfg_path = tmp_path / "dry.yaml"

@@ -75,6 +75,7 @@ class EvaluatedModels:
         self._expected: tuple[set[str], set[str]] | None = None
         self._components: str | None = None
         self._scoring: Any = None
+        self._evidence: Any = None
         self.evaluations = 0
         """Evaluations run here (not read from the store)."""
         self.trainings = 0
@@ -126,6 +127,16 @@ class EvaluatedModels:
         return self._components or None
 
     @property
+    def evidence(self) -> Any:
+        """The :class:`~demix.search.evidence.Evidence` merged rows are judged by (each row on
+        the base and the components it gave non-zero weight, as the search judges them)."""
+        if self._evidence is None:
+            from demix.search.evidence import Evidence
+
+            self._evidence = Evidence.judge(self.config, self.run, [])
+        return self._evidence
+
+    @property
     def scoring(self) -> Any:
         """The :class:`~demix.search.settings.ScoringSettings` merged proxies are scored with."""
         if self._scoring is None:
@@ -165,6 +176,10 @@ class EvaluatedModels:
         row = self.store.get(mixture, kind)
         if row is None:
             return None, None
+        if kind == proxy_kind.REFERENCE and recipe is not None and row.provenance.get("registered"):
+            # Scores of a registered model (fidelity.references) stand for no training here:
+            # the reference this stage trains for that data mixture is scored and replaces them.
+            return None, row
         had = row.provenance.get("recipe")
         if recipe is not None and had is not None and had != recipe:
             raise DemixError(
@@ -172,10 +187,14 @@ class EvaluatedModels:
                 f"the config now says {recipe}",
                 "restore the recipe in the config, or use a new output_dir for the new recipe",
             )
-        if kind == proxy_kind.MERGED and row.provenance.get("components") not in (None, self.components):
+        if kind == proxy_kind.MERGED and not self.evidence.is_valid(row):
+            # Judged per component (demix.search.evidence): a domain added since is weight 0 in
+            # the row, so only a retrained base or component the row used refuses it.
             raise DemixError(
                 f"the stored merged proxy of mixture {row.mixture_key} was built from other components: the base "
-                "or components were retrained or replaced since it was evaluated",
+                f"or components were retrained or replaced since it was evaluated ({self.evidence.reason(row)}"
+                + (f": {', '.join(self.evidence.detail[row.mixture_key])}" if row.mixture_key in self.evidence.detail
+                   else "") + ")",
                 "run the fidelity stage for the new components in a new output_dir, or delete this run's store "
                 "to evaluate every proxy again",
             )
@@ -262,6 +281,27 @@ class EvaluatedModels:
             "reference",
         )
 
+    def registered_reference(self, mixture: Mapping[str, float], path: Path) -> ModelScores:
+        """The reference model trained elsewhere on the data mixture ``mixture`` and registered at
+        ``path`` (``fidelity.references``): evaluated, never trained; stored as kind
+        ``reference`` keyed by the data mixture, like the references this stage trains. A stored
+        row of another model for that data mixture (one trained here, or registered elsewhere)
+        is replaced by this model's scores."""
+        key = mixture_key(mixture)
+        stored, stale = self._stored(mixture, proxy_kind.REFERENCE)
+        if stored is not None:
+            row = self.store.get(mixture, proxy_kind.REFERENCE)
+            if row is not None and row.provenance.get("registered") and row.provenance.get("model_dir") == str(path):
+                self.on_event(proxy_kind.REFERENCE, key, "reused")
+                return stored
+            stale = row
+        ev = self._evaluate_checkpoint(path)
+        prov = {"role": "reference", "model_dir": str(path), "registered": True, "recipe": None,
+                **_recorded_training(path), **self.trained_scoring.provenance()}
+        scored = self._save(mixture, proxy_kind.REFERENCE, ev, prov, stale)
+        self.on_event(proxy_kind.REFERENCE, key, "evaluated")
+        return scored
+
     def trained_proxy(self, mixture: Mapping[str, float], tokens: int) -> ModelScores:
         """The trained proxy on the data mixture ``mixture`` at a ``tokens`` budget
         (``models/trained_proxies/<key of the data mixture>@<tokens>``)."""
@@ -285,12 +325,14 @@ class EvaluatedModels:
             return stored
         import torch
 
+        from demix.search.evidence import CHECKPOINTS_KEY
+
         with torch.no_grad():
             ev = self._evaluate(builder.model)
         scored = self._save(
             mixture, proxy_kind.MERGED, ev,
             {"merge_method": self.config.merge.method, "round": None, "components": self.components,
-             **self.scoring.provenance()}, stale,
+             CHECKPOINTS_KEY: self.evidence.checkpoints.record(mixture), **self.scoring.provenance()}, stale,
         )
         self.on_event(proxy_kind.MERGED, key, "evaluated")
         return scored

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from demix.config import RunConfig, TrainRecipe
+from demix.config import RegisteredReference, RunConfig, TrainRecipe
 from demix.data_mixture import MixtureMap
 from demix.errors import DemixError
 from demix.mixtures import mixture_key, validate_mixture
@@ -59,7 +60,10 @@ class ReferenceMixture:
     """Token shares the reference model and the trained proxies are trained on: ``data(a)``
     under the data_mixture pairing, the component weights under component_weights."""
     source: str
-    """``given`` (fidelity.mixtures) or ``sampled``."""
+    """``registered`` (fidelity.references), ``given`` (fidelity.mixtures) or ``sampled``."""
+    model_path: str | None = None
+    """The registered reference model's directory (``fidelity.references``), evaluated and never
+    trained; None for a reference the stage trains into ``models/references/<data key>``."""
 
     @property
     def data_key(self) -> str:
@@ -68,9 +72,13 @@ class ReferenceMixture:
         return mixture_key(self.data_mixture)
 
     def to_dict(self) -> dict[str, Any]:
-        """``{key, data_key, source, component_weights, data_mixture}``, as in ``mixtures.json`` and ``fidelity.json``."""
-        return {"key": self.key, "data_key": self.data_key, "source": self.source,
-                "component_weights": self.component_weights, "data_mixture": self.data_mixture}
+        """``{key, data_key, source, component_weights, data_mixture}`` (and ``model_path`` for a
+        registered reference model), as in ``mixtures.json`` and ``fidelity.json``."""
+        out: dict[str, Any] = {"key": self.key, "data_key": self.data_key, "source": self.source,
+                               "component_weights": self.component_weights, "data_mixture": self.data_mixture}
+        if self.model_path is not None:
+            out["model_path"] = self.model_path
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ReferenceMixture:
@@ -80,7 +88,8 @@ class ReferenceMixture:
             a, d = data["component_weights"], data["data_mixture"]
         else:
             a = d = data["weights"]
-        return cls(str(data["key"]), _floats(a), _floats(d), str(data["source"]))
+        path = data.get("model_path")
+        return cls(str(data["key"]), _floats(a), _floats(d), str(data["source"]), None if path is None else str(path))
 
 
 def _floats(mixture: Mapping[str, Any]) -> dict[str, float]:
@@ -89,7 +98,10 @@ def _floats(mixture: Mapping[str, Any]) -> dict[str, float]:
 
 def trained_budgets(config: RunConfig) -> list[int]:
     """Token budgets of the trained proxies compared (``fidelity.trained_proxy_budgets`` or
-    ``train.trained_proxy.tokens``), sorted, without repeats."""
+    ``train.trained_proxy.tokens``), sorted, without repeats; none when ``fidelity.train_proxies``
+    is off."""
+    if not config.fidelity.train_proxies:
+        return []
     return sorted(set(config.fidelity.trained_proxy_budgets or [config.train.trained_proxy.tokens]))
 
 
@@ -106,6 +118,9 @@ def reference_mixtures(
     duplicates (same component weights) are kept once. ``mapping`` is the run's map from
     component weights to data mixtures (:func:`demix.training.roles.mixture_map`).
 
+    The registered reference models (``fidelity.references``) come first: their data mixtures
+    are mapped onto the component weights that stand for them like ``fidelity.mixtures``.
+
     The sample depends only on the config, the domain token counts and the mapping, so a second
     run gets the same mixtures and reuses its stored reference models.
     """
@@ -114,14 +129,17 @@ def reference_mixtures(
             f"the mixture map is over the domains {list(mapping.domains)}, the run's are {config.data.domain_names}",
             "build it with demix.training.roles.mixture_map(config, run)",
         )
-    out = _given_mixtures(config, mapping)
+    out = _registered_mixtures(config, mapping)
     seen = {m.key for m in out}
+    out += [m for m in _given_mixtures(config, mapping) if m.key not in seen]
+    seen |= {m.key for m in out}
     if config.fidelity.num_references > 0:
         out += _sampled_mixtures(config, token_counts, mapping, seen)
     if not out:
         raise DemixError(
-            "no reference mixtures: fidelity.mixtures is empty and fidelity.num_references is 0",
-            "set fidelity.num_references (e.g. 8) or list mixtures in fidelity.mixtures",
+            "no reference mixtures: fidelity.references and fidelity.mixtures are empty and fidelity.num_references is 0",
+            "set fidelity.num_references (e.g. 8), list mixtures in fidelity.mixtures or register reference models "
+            "in fidelity.references",
         )
     return out
 
@@ -167,6 +185,86 @@ def _given_mixtures(config: RunConfig, mapping: MixtureMap) -> list[ReferenceMix
         if ref.key not in seen:
             seen.add(ref.key)
             out.append(ref)
+    return out
+
+
+def registered_references(config: RunConfig) -> list[tuple[str, RegisteredReference]]:
+    """(setting that names it, model) for every registered reference model: ``fidelity.references``,
+    then each ``fidelity.reference_sets`` mixtures file's entries in file order (``{name}`` in
+    its path template filled in; a missing folder left out with a warning under
+    ``skip_missing``, else kept, so that the check names it). Reads the mixtures files only."""
+    import json
+    import logging
+
+    out = [(f"fidelity.references[{i}]", r) for i, r in enumerate(config.fidelity.references)]
+    for i, rs in enumerate(config.fidelity.reference_sets):
+        where = f"fidelity.reference_sets[{i}]"
+        try:
+            data = json.loads(Path(rs.mixtures_file).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DemixError(
+                f"{where}.mixtures_file '{rs.mixtures_file}' cannot be read as JSON ({exc})",
+                "point it to a JSON object {name: {domain: token share}}",
+            ) from None
+        if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+            raise DemixError(
+                f"{where}.mixtures_file '{rs.mixtures_file}' is not a JSON object of mixtures",
+                "write it as {name: {domain: token share}}",
+            )
+        if "{name}" not in rs.path:
+            raise DemixError(f"{where}.path '{rs.path}' has no {{name}}", "write it as DIR/{name}")
+        skipped = []
+        for name, mixture in data.items():
+            path = rs.path.replace("{name}", str(name))
+            if rs.skip_missing and not Path(path).exists():
+                skipped.append(str(name))
+                continue
+            try:
+                ref = RegisteredReference(mixture=mixture, path=path, name=str(name))
+            except ValueError as exc:
+                raise DemixError(f"{where}: mixture '{name}' of '{rs.mixtures_file}' is not a mixture ({exc})") from None
+            out.append((f"{where} '{name}'", ref))
+        if skipped:
+            logging.getLogger("demix.fidelity").warning(
+                "%s: no model folder for mixture(s) %s of %s (skip_missing): left out", where, skipped, rs.mixtures_file
+            )
+    return out
+
+
+def _registered_mixtures(config: RunConfig, mapping: MixtureMap) -> list[ReferenceMixture]:
+    """``fidelity.references``: reference models trained elsewhere on known data mixtures. Their
+    merged proxies are built at the component weights standing for each data mixture (under the
+    component_weights pairing, at the data mixture taken as component weights); one merging
+    cannot reach is an error naming the model and the region; two registered on the same data
+    mixture are an error (which one is the ground truth?)."""
+    domains = config.data.domain_names
+    out: list[ReferenceMixture] = []
+    by_data: dict[str, str] = {}
+    for setting, ref in registered_references(config):
+        where = f"{setting} ('{ref.path}')"
+        try:
+            w = validate_mixture(ref.mixture, domains, normalize=config.merge.normalize)
+        except DemixError as exc:
+            raise DemixError(f"{where}: {exc.what}", exc.fix) from None
+        if mixture_key(w) in by_data:
+            raise DemixError(
+                f"{where} is registered on the same data mixture as '{by_data[mixture_key(w)]}'",
+                "register one reference model per data mixture",
+            )
+        by_data[mixture_key(w)] = ref.path
+        if config.fidelity.pairing == COMPONENT_WEIGHTS:
+            a: dict[str, float] | None = dict(w)
+        else:
+            a = mapping.components_of(w)
+        if a is None:
+            shown = ", ".join(f"{d} {x:.4g}" for d, x in w.items())
+            raise DemixError(
+                f"the reference model {where} was trained on the data mixture {shown}, which merging cannot reach: "
+                f"the merged proxies stand for {mapping.region()}",
+                "remove it from fidelity.references (no merged proxy stands for its data), or train components with "
+                "a lower train.components.general_share",
+            )
+        out.append(ReferenceMixture(mixture_key(a), a, w, "registered", str(ref.path)))
     return out
 
 

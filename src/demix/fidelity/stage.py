@@ -8,7 +8,8 @@ by default ``data(a)``, the data the merged proxy stands for; :mod:`demix.fideli
 
 1. a **reference model** is trained from the base on the data mixture with the reference recipe
    (``train.reference``, by default the components' recipe) into
-   ``models/references/<data mixture key>/`` and evaluated on the run's benchmarks; the scores go
+   ``models/references/<data mixture key>/`` (or, registered in ``fidelity.references``, taken
+   from where it is and never trained) and evaluated on the run's benchmarks; the scores go
    into the store as proxy kind ``reference``, keyed by that data mixture (a reference trained on
    the same data is reused whichever component weights led to it);
 2. a **trained proxy** (the RegMix-style baseline) per budget in
@@ -138,7 +139,8 @@ def run_fidelity(
     directions = benchmark_directions(scored, config)
     reports, baselines = _compare(config, mixtures, scored, ratio_caps, directions)
     differences = {k: paired_difference(reports[MERGED], r) for k, r in reports.items() if k != MERGED}
-    compute = compute_accounting(config, run, base, comps, len(mixtures), budgets)
+    # Registered reference models were trained elsewhere: only the ones trained here are counted.
+    compute = compute_accounting(config, run, base, comps, sum(m.model_path is None for m in mixtures), budgets)
     spent = {b["approach"]: b for b in compute["budgets"]}
     result = FidelityResult(
         mixtures=mixtures,
@@ -179,7 +181,10 @@ def _trained_scores(models: EvaluatedModels, mixtures: Sequence[ReferenceMixture
     trained on its data mixture; kept under the mixture's key (its component weights') for the reports."""
     scored: Scored = {REFERENCE: {}, MERGED: {}, **{trained(b): {} for b in budgets}}
     for m in mixtures:
-        scored[REFERENCE][m.key] = models.reference(m.data_mixture)
+        if m.model_path is not None:  # registered (fidelity.references): evaluated, never trained
+            scored[REFERENCE][m.key] = models.registered_reference(m.data_mixture, Path(m.model_path))
+        else:
+            scored[REFERENCE][m.key] = models.reference(m.data_mixture)
     for b in budgets:
         for m in mixtures:
             scored[trained(b)][m.key] = models.trained_proxy(m.data_mixture, b)
@@ -210,8 +215,8 @@ def _merged_scores(
     notes: list[str] = []
     for m in mixtures:
         merged = scored[MERGED][m.key] = models.merged(m.component_weights, builder)
-        ref_dir = run.reference(m.data_key)
-        if is_finished(ref_dir):
+        ref_dir = Path(m.model_path) if m.model_path is not None else run.reference(m.data_key)
+        if m.model_path is not None or is_finished(ref_dir):
             audit.add_gap(proxy_gap(
                 base, builder.state_dict(), ref_dir, mixture_id=m.key, mixture=m.component_weights,
                 proxy_scores=merged.capabilities, reference_scores=scored[REFERENCE][m.key].capabilities,

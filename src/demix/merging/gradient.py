@@ -74,34 +74,48 @@ class MergeGradient:
 
         cs = self.builder.components
         state = self.builder.model.state_dict(keep_vars=True)
-        seen: set[int] = set()
-        self._acc = torch.zeros(len(cs.domains), dtype=torch.float64, device=cs.device)
+        # Checkpoint tensors transformers placed inside another parameter on load (stacked MoE
+        # experts, GPT-NeoX's embed_out as lm_head): their gradient is a slice of that parameter's.
+        pieces = self.builder.parameter_pieces()
+        segments: dict[int, tuple[torch.nn.Parameter, list[tuple[int, torch.Tensor, torch.Tensor]]]] = {}
+        owned: set[int] = set()
         for name, slot in cs.slots.items():
             p = state.get(name)
-            if not isinstance(p, torch.nn.Parameter) or id(p) in seen or not p.is_floating_point():
+            start = 0
+            if name in pieces:
+                p, start = pieces[name]
+            elif not isinstance(p, torch.nn.Parameter) or id(p) in owned:
                 continue  # buffers, tied duplicates (the first name owns the tensor, as in the builder)
-            seen.add(id(p))
+            if not isinstance(p, torch.nn.Parameter) or not p.is_floating_point():
+                continue
+            if name not in pieces:
+                owned.add(id(p))
             base = cs.base_flat[slot.group][slot.offset : slot.offset + slot.numel]
             comps = cs.comp_flat[slot.group][:, slot.offset : slot.offset + slot.numel]
+            segments.setdefault(id(p), (p, []))[1].append((start, base, comps))
+        self._acc = torch.zeros(len(cs.domains), dtype=torch.float64, device=cs.device)
+        for p, segs in segments.values():
             p.requires_grad_(True)
             self._params.append(p)
-            self._handles.append(p.register_post_accumulate_grad_hook(self._hook(base, comps)))
+            self._handles.append(p.register_post_accumulate_grad_hook(self._hook(segs)))
         return self
 
-    def _hook(self, base: torch.Tensor, comps: torch.Tensor) -> Callable[[torch.Tensor], None]:
+    def _hook(self, segments: list[tuple[int, torch.Tensor, torch.Tensor]]) -> Callable[[torch.Tensor], None]:
         import torch
 
         def hook(p: torch.Tensor) -> None:
             assert self._acc is not None and p.grad is not None
             with torch.no_grad():
-                g = p.grad.reshape(-1)
-                n = g.numel()
-                for lo in range(0, n, DOT_CHUNK):
-                    hi = min(lo + DOT_CHUNK, n)
-                    # delta in fp32 from the stored tensors (never a bf16 difference), fp32 dot
-                    # per chunk, fp64 running sum.
-                    d = comps[:, lo:hi].float() - base[lo:hi].float()
-                    self._acc += (d @ g[lo:hi].float()).double()
+                flat = p.grad.reshape(-1)
+                for start, base, comps in segments:
+                    n = base.numel()
+                    g = flat[start : start + n]
+                    for lo in range(0, n, DOT_CHUNK):
+                        hi = min(lo + DOT_CHUNK, n)
+                        # delta in fp32 from the stored tensors (never a bf16 difference), fp32 dot
+                        # per chunk, fp64 running sum.
+                        d = comps[:, lo:hi].float() - base[lo:hi].float()
+                        self._acc += (d @ g[lo:hi].float()).double()
             p.grad = None  # consumed: no parameter keeps a gradient, so memory stays one tensor's
 
         return hook

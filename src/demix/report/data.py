@@ -273,20 +273,22 @@ def out_of_fold(data: RunData) -> dict[str, dict[str, Any]]:
     """Out-of-fold predictions of every capability for the stored proxies:
     ``{capability: {measured, predicted, round, spearman, n, rmse}}`` (same folds and seed as the search)."""
     from demix.predictors import cross_validate
-    from demix.search import resolve_directions, training_data
+    from demix.search import resolve_directions
+    from demix.search.fitting import target_data
 
     evals = data.evaluations
     if len(evals) < 2:
         return {}
     s = data.config.search
     directions = resolve_directions(evals, data.config)
-    X, caps, _ = training_data(evals, data.domains, directions)
-    cv = cross_validate(X, caps, s.predictor, s.cv_folds, s.seed)
+    # Each capability on the proxies scored with it (one added with a domain: the rows since).
+    X, caps, _ = target_data(evals, data.domains, directions)
     rounds = np.array([e.round if e.round is not None else -1 for e in evals])
     out = {}
-    for c, rep in cv.items():
+    for c, (idx, y) in caps.items():
+        rep = cross_validate(X[idx], {c: y}, s.predictor, s.cv_folds, s.seed)[c]
         if "predictions" not in rep:
             continue
-        out[c] = {"measured": caps[c], "predicted": np.array(rep["predictions"]), "round": rounds,
+        out[c] = {"measured": y, "predicted": np.array(rep["predictions"]), "round": rounds[idx],
                   "spearman": rep["spearman"], "n": rep["n"], "rmse": rep["rmse"]}
     return out

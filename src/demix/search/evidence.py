@@ -210,7 +210,9 @@ class Evidence:
         """:data:`VALID` or the reason ``row`` is set aside or stale."""
         if row.mixture_key not in self.verdicts:
             # Stored after judging (this search, or a driver beside it): judged on the same terms.
-            self.verdicts[row.mixture_key], _ = self._verdict(row, self._config, self._run, {})
+            self.verdicts[row.mixture_key], names = self._verdict(row, self._config, self._run, {})
+            if names:
+                self.detail[row.mixture_key] = names
         return self.verdicts[row.mixture_key]
 
     def set_aside(self, row: Evaluation) -> bool:

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from demix.config import RunConfig
 from demix.errors import DemixError
 from demix.mixtures import mixtures_to_rows
-from demix.predictors import Predictors, cross_validate, fit_predictors
+from demix.predictors import Predictors, cross_validate, fit_predictors, resolve_kind
 from demix.rundir import RoundFiles
 from demix.search.files import Prediction, Predictions
 from demix.search.round_files import CvReport, TargetCv
@@ -129,12 +130,68 @@ def fit_all(
     folds: int = 5,
     seed: int = 0,
 ) -> Fit:
-    """Fit capability and benchmark predictors on the evaluations, with their CV reports."""
-    X, caps, benches = training_data(evaluations, domains, higher_is_better)
-    cv = CvReport(
-        n=X.shape[0],
-        higher_is_better=dict(higher_is_better),
-        capabilities={t: TargetCv.from_dict(r) for t, r in cross_validate(X, caps, kind, folds, seed).items()},
-        benchmarks={t: TargetCv.from_dict(r) for t, r in cross_validate(X, benches, kind, folds, seed).items()},
-    )
-    return Fit(fit_predictors(X, caps, kind, domains, seed), fit_predictors(X, benches, kind, domains, seed), cv)
+    """Fit capability and benchmark predictors on the evaluations, with their CV reports.
+
+    Each predictor is fitted (and cross-validated) on the evaluations that have its target: a
+    benchmark or capability added since older rows were scored (a domain added, with its
+    held-out benchmark) is fitted on the rows scored with it; every other target on all rows.
+    The predictor kind is resolved once, on the smallest of these row counts."""
+    X, caps, benches = target_data(evaluations, domains, higher_is_better)
+    concrete = resolve_kind(kind, min((len(i) for i, _ in (*caps.values(), *benches.values())), default=X.shape[0]))
+
+    def fit(targets: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> tuple[Predictors, dict[str, TargetCv]]:
+        groups: dict[tuple[int, ...], dict[str, np.ndarray]] = {}
+        for t, (idx, y) in targets.items():
+            groups.setdefault(tuple(int(i) for i in idx), {})[t] = y
+        models: dict[str, Any] = {}
+        cv: dict[str, TargetCv] = {}
+        for group, ys in groups.items():
+            rows = X[list(group)]
+            cv.update({t: TargetCv.from_dict(r) for t, r in cross_validate(rows, ys, kind, folds, seed).items()})
+            models.update(fit_predictors(rows, ys, concrete, domains, seed).models)
+        return Predictors(concrete, list(domains), list(targets), {t: models[t] for t in targets}, n=X.shape[0]), cv
+
+    cap_predictors, cap_cv = fit(caps)
+    bench_predictors, bench_cv = fit(benches)
+    cv = CvReport(n=X.shape[0], higher_is_better=dict(higher_is_better), capabilities=cap_cv, benchmarks=bench_cv)
+    return Fit(cap_predictors, bench_predictors, cv)
+
+
+#: Fewest evaluations a target added since older rows were scored is fitted on.
+MIN_ROWS_PER_TARGET = 2
+
+
+def target_data(
+    evaluations: Sequence[Evaluation], domains: Sequence[str], higher_is_better: Mapping[str, bool]
+) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Component weights (n, K) and, per capability and per benchmark (sign-corrected: higher is
+    better), the indices of the rows that have it with their scores. Rows that lack a target
+    were scored before it was added (the search lets only such rows through,
+    :meth:`~demix.search.settings.ScoringSettings.only_adds`)."""
+    if not evaluations:
+        raise DemixError("no finished evaluations to fit predictors on", "evaluate at least a few mixtures")
+    unknown = sorted({d for e in evaluations for d, w in e.weights.items() if d not in domains and round(float(w), 6) != 0})
+    if unknown:
+        raise DemixError(
+            f"the store holds mixtures over domain(s) {unknown} that this run does not have",
+            "use a new output_dir (or store.url) for a run with different domains",
+        )
+    X = mixtures_to_rows(domains, [e.weights for e in evaluations])
+
+    def per_target(attr: str, sign: Mapping[str, float]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        names = sorted({t for e in evaluations for t in getattr(e, attr)})
+        out = {}
+        for t in names:
+            idx = np.array([i for i, e in enumerate(evaluations) if t in getattr(e, attr)], dtype=np.int64)
+            if len(idx) < min(MIN_ROWS_PER_TARGET, len(evaluations)):
+                raise DemixError(
+                    f"only {len(idx)} of {len(evaluations)} evaluations have '{t}' (it was added since the others "
+                    "were scored): too few to fit its predictor",
+                    "evaluate a few more mixtures (a larger search round) so that it is scored on at least "
+                    f"{MIN_ROWS_PER_TARGET}",
+                )
+            out[t] = (idx, np.array([getattr(evaluations[i], attr)[t] for i in idx], dtype=np.float64) * sign.get(t, 1.0))
+        return out
+
+    signs = {b: 1.0 if higher_is_better[b] else -1.0 for b in higher_is_better}
+    return X, per_target("capabilities", {}), per_target("benchmarks", signs)

@@ -11,7 +11,8 @@ mixtures) and ``best_mixture.json`` (both mixtures; tokens and epochs of the dat
 Round r (sizes in ``search.rounds``):
 
 1. *Plan* (:mod:`~demix.search.planning`): round 0 samples the (bounded) simplex around the
-   prior; round r > 0 draws from the top region of the pool ranked after round r - 1. The plan
+   prior; round r > 0 draws from the top region of the pool ranked after round r - 1 (or, with
+   ``search.planner: ucb``, takes its best upper confidence bounds, spaced apart). The plan
    is drawn from the seed alone (no clock, no state) and written to ``round_<r>/planned.json``
    before the first evaluation, so a resumed search evaluates the same mixtures.
 2. *Evaluate*: every planned mixture not already in the store is scored and committed to the
@@ -47,6 +48,7 @@ from demix.mixtures import mixture_key, prior_weights
 from demix.objectives import capability_weights, parse_constraints
 from demix.rundir import RoundFiles, RunDir, read_document_counts
 from demix.sampling import Bounds, resolve_bounds, sample_mixtures
+from demix.search.acquisition import fit_capability_ensemble, objective_spread
 from demix.search.best import best_mixture
 from demix.search.evidence import CHECKPOINTS_KEY, Evidence, migrate
 from demix.search.files import BestMixture, RoundSummary
@@ -331,12 +333,17 @@ class _Rounds:
             _check_evidence(evaluations, self.evidence, self.store_name)
         directions = resolve_directions(evaluations, self.config, higher_is_better)
         self.fit = fit_all(evaluations, self.domains, directions, s.predictor, s.cv_folds, s.seed)
+        # With search.predictor_intervals: the ensemble's out-of-fold interval coverage goes into
+        # cv.json (written next), the objective's ensemble mean and spread into pool.npz.
+        ensemble = fit_capability_ensemble(evaluations, self.fit, self.config) if s.predictor_intervals else None
         # selection.json marks the round finished: gone while the other files are rewritten, so a
         # kill in between never leaves a finished-looking round of mixed fits.
         files.selection.unlink(missing_ok=True)
         self.fit.write(files)
         pool = sample_mixtures(self.domains, s.pool_size, self.prior, s.sampler, self.bounds, rng_for(s.seed, r, 1))
         self.ranking = rank_pool(pool, self.fit, self.config, self.token_counts, self.mapping)
+        if ensemble is not None:  # what the ucb planner plans the next round by
+            self.ranking.objective_mean, self.ranking.objective_std = objective_spread(ensemble, self.ranking, self.config)
         selection = self.ranking.write(files, self.domains, self.fit.n, self.settings)
         self.summaries.append(self.summary(r, planned, self.fit.n, selection))
         self.on_event(SearchEvent(ROUND_RANKED, r, ranking=self.ranking, evaluations=self.fit.n))

@@ -4,8 +4,10 @@
 Round 0 samples the component weights inside the bounds (data-share bounds mapped onto them,
 :func:`demix.sampling.resolve_bounds`) around the prior; round r > 0 draws from the top region
 (the best ``search.region_size`` candidates, default top_k) of round r - 1's ranked pool,
-skipping mixtures the store already held. Both come from the seed alone, so a plan can be drawn
-again. A round whose ``planned.json`` is lost (deleted because it was corrupt, as its error
+skipping mixtures the store already held; with ``search.planner: ucb`` it takes instead the
+pool's best upper confidence bounds on the objective, spaced apart and from every evaluated
+mixture (:func:`demix.search.acquisition.ucb_picks`). Both come from the seed (and the previous
+round's files) alone, so a plan can be drawn again. A round whose ``planned.json`` is lost (deleted because it was corrupt, as its error
 advises) is planned as it was: the stored rows of that round keep their place in the plan
 (each records its round and plan index), the rest is drawn from the seed against the store as
 it was then (without the rows of this round and later ones) and round r - 1's ranking, which
@@ -74,12 +76,12 @@ class Planner:
                 return mixtures
             # A later round of the old domains: drawn again from the new ranking; its old rows
             # are in round 0's carried evidence, not restored here.
-            mixtures = rows_to_mixtures(self.domains, self._draw(r, n, previous, done))
+            mixtures = rows_to_mixtures(self.domains, self._draw(r, n, previous, done, rows))
             RoundPlan(r, n, list(self.domains), mixtures).write(files.planned)
             return mixtures
         stored = list(rows())
         this_or_later = {e.mixture_key for e in stored if e.round is not None and e.round >= r}
-        mixtures = rows_to_mixtures(self.domains, self._draw(r, n, previous, done - this_or_later))
+        mixtures = rows_to_mixtures(self.domains, self._draw(r, n, previous, done - this_or_later, lambda: stored))
         mixtures = self._restore(r, mixtures, [e for e in stored if e.round == r])
         RoundPlan(r, n, list(self.domains), mixtures).write(files.planned)
         return mixtures
@@ -121,11 +123,27 @@ class Planner:
                  "where no evidence is", len(carried), added, len(fresh))
         return carried + fresh
 
-    def _draw(self, r: int, n: int, previous: Ranking | None, done: set[str]) -> np.ndarray:
+    def _draw(
+        self, r: int, n: int, previous: Ranking | None, done: set[str],
+        rows: Callable[[], Sequence[Evaluation]] = tuple,
+    ) -> np.ndarray:
+        """Round ``r``'s mixtures before any stored row is restored: round 0 samples the bounded
+        simplex; later rounds draw from the top region (``paper``) or take the best upper
+        confidence bounds with spacing (``ucb``: :func:`demix.search.acquisition.ucb_picks`,
+        spaced from the ``rows()`` whose keys are in ``done``, never one of them)."""
         s = self.config.search
         rng = rng_for(s.seed, r, 0)
         if r == 0 or previous is None:
             return sample_mixtures(self.domains, n, self.prior, s.sampler, self.bounds, rng)
+        if s.planner == "ucb":
+            from demix.search.acquisition import ucb_picks
+
+            # Only what ``done`` holds counts as evaluated: a plan lost mid-round is made again
+            # against the store as it was then (the round's own rows excluded), as it was first.
+            seen = [e for e in rows() if e.mixture_key in done]
+            evaluated = np.array([[float(e.weights.get(d, 0.0)) for d in self.domains] for e in seen])
+            return ucb_picks(previous, n, self.domains, done, evaluated.reshape(len(seen), len(self.domains)),
+                             s.ucb_beta, s.min_distance)
         region = previous.order[: max(s.region_size or s.top_k, n)]
         region = np.array(
             [i for i in region if mixture_key(dict(zip(self.domains, previous.weights[i]))) not in done], dtype=int

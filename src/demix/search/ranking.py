@@ -47,6 +47,11 @@ class Ranking:
     mixture) and ``component.<domain>`` (the component weights standing for it), what
     constraints such as ``math >= natural`` compare with (empty in a ranking read back from its
     files: only ranking the pool needs them)."""
+    objective_mean: np.ndarray | None = None
+    """(n,) the bootstrap ensemble's mean objective (:mod:`demix.search.acquisition`); None
+    without ``search.predictor_intervals``."""
+    objective_std: np.ndarray | None = None
+    """(n,) the ensemble's spread of the objective: what the ucb planner plans by."""
 
     def pareto(self) -> np.ndarray:
         """Indices of the Pareto front among the best :data:`PARETO_CANDIDATES` candidates."""
@@ -64,7 +69,7 @@ class Ranking:
         """The round's ``pool.npz``, ``pareto.csv`` and ``selection.json`` (last, recording
         ``settings``: the round is finished once it exists); returns the selection."""
         CandidatePool(list(domains), self.capabilities, self.weights, self.capability_scores, self.objective,
-                      self.top_k).write(files.pool)
+                      self.top_k, self.objective_mean, self.objective_std).write(files.pool)
         idx = self.pareto()
         ParetoFront(list(domains), self.capabilities, self.weights[idx], self.capability_scores[idx],
                     self.objective[idx]).write(files.pareto)
@@ -95,7 +100,7 @@ class Ranking:
         mean = np.array([selection.weights[d] for d in domains])
         spread = {k: np.array([selection.spread[d][k] for d in domains]) for k in ("std", "min", "max")}
         return cls(pool.weights, pool.capability_scores, pool.capabilities, pool.objective, order, pool.top_k, mean,
-                   spread, {})
+                   spread, {}, pool.objective_mean, pool.objective_std)
 
 
 def identity_map(domains: Sequence[str]) -> MixtureMap:

@@ -90,14 +90,23 @@ class TargetCv:
     kind: str
     predictions: list[float] | None = None
     """Out-of-fold predictions in the order of the fitted rows (none when there are no folds)."""
+    interval: dict[str, Any] | None = None
+    """With ``search.predictor_intervals``: out-of-fold calibration of the bootstrap ensemble's
+    intervals (:func:`demix.predictors.interval_report`: ``level``, ``coverage``, ``width``,
+    ``rmse``, ``members``, ``n``); None without an ensemble."""
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"spearman": self.spearman, "mae": self.mae, "rmse": self.rmse, "n": self.n, "folds": self.folds, "kind": self.kind}
+        out: dict[str, Any] = {"spearman": self.spearman, "mae": self.mae, "rmse": self.rmse, "n": self.n,
+                               "folds": self.folds, "kind": self.kind}
+        if self.interval is not None:
+            out["interval"] = self.interval
         return out if self.predictions is None else {**out, "predictions": self.predictions}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TargetCv:
-        return cls(d["spearman"], d["mae"], d["rmse"], d["n"], d["folds"], d["kind"], d.get("predictions"))
+        interval = d.get("interval")
+        return cls(d["spearman"], d["mae"], d["rmse"], d["n"], d["folds"], d["kind"], d.get("predictions"),
+                   dict(interval) if isinstance(interval, Mapping) else None)
 
 
 @dataclass
@@ -184,15 +193,22 @@ class CandidatePool:
     """(n,) objective, -inf where a constraint fails."""
     top_k: np.ndarray
     """Indices of the top-k, best first."""
+    objective_mean: np.ndarray | None = None
+    """(n,) the bootstrap ensemble's mean objective (``search.predictor_intervals``; else None)."""
+    objective_std: np.ndarray | None = None
+    """(n,) the ensemble's spread of the objective (std across members), what ucb plans by."""
 
     def write(self, path: str | Path) -> None:
         """Write atomically (a kill or a full disk leaves the previous pool; the error names the file)."""
+        spread: dict[str, Any] = {} if self.objective_mean is None or self.objective_std is None else {
+            "objective_mean": self.objective_mean, "objective_std": self.objective_std}
 
         def write(tmp: Path) -> None:
             # A file object: np.savez would append ".npz" to a path that lacks it.
             with open(tmp, "wb") as fh:
                 np.savez(fh, weights=self.weights, capability_scores=self.capability_scores, objective=self.objective,
-                         top_k=self.top_k, domains=np.array(self.domains), capabilities=np.array(self.capabilities))
+                         top_k=self.top_k, domains=np.array(self.domains), capabilities=np.array(self.capabilities),
+                         **spread)
 
         atomic_write(Path(path), write)
 
@@ -203,8 +219,9 @@ class CandidatePool:
             raise DemixError(f"'{path}' does not exist", "run `demix search` (it ranks the round's pool)")
         try:
             with np.load(path, allow_pickle=False) as z:
+                spread = (z["objective_mean"], z["objective_std"]) if "objective_std" in z.files else (None, None)
                 return cls([str(d) for d in z["domains"]], [str(c) for c in z["capabilities"]], z["weights"],
-                           z["capability_scores"], z["objective"], z["top_k"])
+                           z["capability_scores"], z["objective"], z["top_k"], *spread)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise DemixError(f"'{path}' is not a candidate pool ({exc})", RERUN) from None
 

@@ -6,7 +6,8 @@ together with this config's.
   proxy itself (``merge.method``, ``params``, ``dtype``, ``normalize``; not ``shard_size``, which
   only `demix merge` uses). Every merged evaluation records their fingerprint (``settings``)
   and values (``scored_with``) in its provenance, beside the components fingerprint; a resumed
-  search refuses rows with another fingerprint, naming what changed. Rows written before the
+  search refuses rows with another fingerprint, naming what changed, except where the only
+  change is benchmarks or capabilities added (:meth:`ScoringSettings.only_adds`). Rows written before the
   fingerprint existed carry none and are accepted, as they always were.
 - :func:`ranking_fingerprint`: the search settings a round's fit and ranking depend on (with the
   components' training mixtures where the ranking reads them), recorded in each round's
@@ -67,9 +68,32 @@ class ScoringSettings:
         return {FINGERPRINT_KEY: self.fingerprint, VALUES_KEY: self.values}
 
     def is_stale(self, row: Evaluation) -> bool:
-        """True when ``row`` was scored under other settings (rows without a record pass)."""
+        """True when ``row`` was scored under other settings (rows without a record pass). A row
+        scored under settings that differ only by benchmarks or capabilities added since (a
+        domain added with the default held-out benchmarks) is not stale: every score it holds
+        is the one these settings give; the predictors of the new benchmarks and capabilities
+        are fitted on the rows that have them (:func:`demix.search.fitting.fit_all`)."""
         recorded = row.provenance.get(FINGERPRINT_KEY)
-        return recorded is not None and recorded != self.fingerprint
+        return recorded is not None and recorded != self.fingerprint and not self.only_adds(row)
+
+    def only_adds(self, row: Evaluation) -> bool:
+        """True when this config's settings are ``row``'s with benchmarks or capabilities added:
+        every other setting the same, each benchmark of the row's record here unchanged, each
+        capability of the row's record here with the same benchmarks and weights."""
+        old = row.provenance.get(VALUES_KEY)
+        if not isinstance(old, Mapping):
+            return False
+        grown = (BENCHMARKS, CAPABILITIES)
+        if set(old) != set(self.values) or any(_canon(old[k]) != _canon(self.values[k]) for k in old if k not in grown):
+            return False
+        old_b, new_b = old.get(BENCHMARKS), self.values.get(BENCHMARKS)
+        old_c, new_c = old.get(CAPABILITIES), self.values.get(CAPABILITIES)
+        if not (isinstance(old_b, list) and isinstance(new_b, list) and isinstance(old_c, Mapping)
+                and isinstance(new_c, Mapping)):
+            return False
+        have = {_canon(b) for b in new_b}
+        return (all(_canon(b) in have for b in old_b)
+                and all(c in new_c and _canon(w) == _canon(new_c[c]) for c, w in old_c.items()))
 
     def stale(self, rows: Sequence[Evaluation]) -> list[Evaluation]:
         return [r for r in rows if self.is_stale(r)]
@@ -101,6 +125,14 @@ class ScoringSettings:
         )
 
 
+BENCHMARKS = "evaluation.benchmarks"
+CAPABILITIES = "evaluation.capabilities"
+
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 def is_search_row(row: Evaluation) -> bool:
     """True for an evaluation the search stored (its rounds are fitted on it); the fidelity
     stage's own merged proxies have neither a round nor the search as their source."""
@@ -127,6 +159,13 @@ def ranking_reads_mapping(config: RunConfig) -> bool:
     return config.search.bounds != BoundsConfig() or any(map(reads_data_mixture, config.search.constraints))
 
 
+#: search.* keys added after the fingerprint was first recorded, with their defaults (the
+#: uncertainty-aware predictor and the ucb planner, :mod:`demix.search.acquisition`).
+_LATER_DEFAULTS: dict[str, Any] = {
+    "predictor_intervals": 0, "interval_level": 0.8, "planner": "paper", "ucb_beta": 1.0, "min_distance": 0.05,
+}
+
+
 def ranking_fingerprint(
     config: RunConfig, token_counts: Mapping[str, float] | None, mapping: MixtureMap | None = None
 ) -> str:
@@ -140,6 +179,10 @@ def ranking_fingerprint(
     rounds back (they rank the same component weights)."""
     # refine acts after the last round: it changes no round's fit or ranking.
     search = {k: v for k, v in config.search.model_dump(mode="json").items() if k not in ("rounds", "refine")}
+    # Keys added since demix 0.2 count only when set, so a search made before them keeps its rounds.
+    for k, default in _LATER_DEFAULTS.items():
+        if search.get(k) == default:
+            search.pop(k, None)
     counts = {d: float(token_counts[d]) for d in config.data.domain_names} if token_counts else None
     values: dict[str, Any] = {"search": search, "domains": config.data.domain_names, "token_counts": counts}
     if mapping is not None and ranking_reads_mapping(config):

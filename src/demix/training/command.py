@@ -209,10 +209,18 @@ def plan_command_runs(
 
 def render_mixture_file(config: RunConfig, run: RunDir, plan: CommandRun) -> str:
     """The data-mixture file of one run in ``train.command.format``."""
-    from demix.exporters import get_exporter
+    from demix.exporters import ExportOptions, get_exporter
 
     doc = _mixture_document(config, run, plan.mixture, plan.tokens)
-    return get_exporter(config.train.command.format).render(doc, config.train.command.data_prefixes)
+    recipe = _recipe(config, plan.role)
+    seq = config.model.seq_len
+    # The run's own sequence length, global batch (in tokens: batch_size counts the accumulated
+    # sequences) and seed, so formats that need them (OLMo-core's global_batch_size, MosaicML's
+    # epoch_size) are loadable by the trainer. Paths stay lenient: without
+    # train.command.data_prefixes a domain's name stands in (the trainer then fails naming it).
+    options = ExportOptions(seq_length=seq, global_batch_tokens=recipe.batch_size * seq, seed=plan.seed,
+                            allow_placeholder_paths=True, require_settings=True)
+    return get_exporter(config.train.command.format).render(doc, config.train.command.data_prefixes, options=options)
 
 
 def render_slurm_array(config: RunConfig, run: RunDir, plans: Sequence[CommandRun]) -> str:

@@ -148,10 +148,11 @@ def check_external_paths(config: RunConfig) -> None:
 def check_given_checkpoints(config: RunConfig, run: RunDir) -> None:
     """The checkpoints a user hands to the run, checked before a verb does any work (every verb
     that uses them calls this first: train base/components/reference/trained-proxy/command,
-    merge and search through :func:`demix.merging.builder.run_checkpoints`): ``model.base_path`` and
-    each ``train.components.paths`` entry exists, holds safetensors only, loads without its
-    own code (unless ``model.trust_remote_code``); components also match the base, when there
-    is one yet. Headers and config.json only: no weights are read."""
+    merge and search through :func:`demix.merging.builder.run_checkpoints`): ``model.base_path``,
+    each ``train.components.paths`` entry and each ``fidelity.references`` path exists, holds
+    safetensors only, loads without its own code (unless ``model.trust_remote_code``);
+    components and reference models also match the base, when there is one yet. Headers and
+    config.json only: no weights are read."""
     check_external_paths(config)
     trust = config.model.trust_remote_code
     base: Layout | None = None
@@ -164,6 +165,21 @@ def check_given_checkpoints(config: RunConfig, run: RunDir) -> None:
         layout = _given_checkpoint(path, key, f"component '{domain}'", trust, "or remove the entry to train the component here")
         if base is not None:
             check_compatible(base, {domain: layout})
+    check_registered_references(config, base)
+
+
+def check_registered_references(config: RunConfig, base: Layout | None) -> None:
+    """``fidelity.references`` and ``fidelity.reference_sets``: each path there, safetensors only, loadable without its own
+    code, and (once there is a base) the base's architecture, vocabulary and tensor shapes,
+    so that its weights can be compared with the merged proxy's. Headers only."""
+    from demix.fidelity.references import registered_references
+
+    trust = config.model.trust_remote_code
+    for setting, ref in registered_references(config):
+        key = f"{setting}.path" if ref.name is None or setting.endswith("]") else f"{setting} path"
+        layout = _given_checkpoint(ref.path, key, "reference model", trust, "or remove the entry to train that reference here")
+        if base is not None:
+            check_compatible(base, {key: layout}, what="reference model")
 
 
 def _given_checkpoint(path: str | Path, key: str, role: str, trust_remote_code: bool, or_else: str) -> Layout:
