@@ -13,8 +13,9 @@ import yaml
 from helpers.battery import assert_unchanged, cli, snapshot
 from tiny_run import build_tiny_run
 
-#: What `demix search` rewrites on every call that runs: the resolved config and the log.
-CLI_OUTPUTS = ("config.yaml", "logs")
+#: What `demix search` rewrites on every call that runs: the resolved config, the log, and the
+#: cache of checkpoint hashes (keyed by absolute path: a copied run hashes its checkpoints again).
+CLI_OUTPUTS = ("config.yaml", "logs", "search/checkpoint_hashes.json")
 
 
 def _write_config(root: Path, data: dict) -> Path:
@@ -59,7 +60,8 @@ def test_a_setting_that_changes_scores_is_refused_and_nothing_changes(user, over
     assert "new output_dir" in result.text and "Traceback" not in result.text
     # The store, every round file, best_mixture.json, and config.yaml too: a refused command
     # puts back the resolved config it saved, so the run never describes settings it refused.
-    assert_unchanged(before, snapshot(run.parent), outputs=[run / "logs"], root=run.parent)
+    assert_unchanged(before, snapshot(run.parent), outputs=[run / "logs", run / "search/checkpoint_hashes.json"],
+                     root=run.parent)
 
 
 def test_resume_with_the_same_settings_evaluates_nothing_and_gives_the_same_answer(user):
