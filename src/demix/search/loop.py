@@ -27,6 +27,10 @@ A finished round's files are final: a resumed search reads its fit and ranking b
 (the next round is planned from that ranking) and never fits or writes them again, unless they
 record other search, scoring or component settings. The selection after the last round is
 written to ``best_mixture.json``.
+
+Why one module of ~470 lines: the round state machine (plan, evaluate, fit, rank, refine)
+reads in order here; each step's logic lives in its own module (planning, fitting, ranking,
+refine, evidence) and this file only sequences and records them.
 """
 
 from __future__ import annotations
