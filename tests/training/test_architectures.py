@@ -228,3 +228,40 @@ def test_a_checkpoint_tensor_no_parameter_holds_names_the_architecture(shared_da
     config.train.components.paths = {d: str(run.component(d)) for d in DOMAINS}
     with pytest.raises(DemixError, match=r"'model.layers.0.stray.weight' is not a parameter of the Olmo2ForCausalLM \('olmo2'\)"):
         ProxyBuilder.from_run(config, run, device="cpu")
+
+
+def test_merge_gradients_reach_the_stacked_moe_experts(shared_data, tmp_path):
+    """The gradient through the merge follows checkpoint tensors transformers stacks into one
+    parameter: with components that differ from the base only in one expert's tensor, the
+    derivative along (math - general) matches a central difference of the proxy's summed nll
+    (and would be exactly 0 if the stacked expert were skipped)."""
+    import numpy as np
+    from safetensors.torch import load_file, save_file
+
+    from demix.evaluation.gradient import heldout_nll_gradients
+
+    config, run, base_path, _ = new_arch_run(shared_data, tmp_path / "run", "qwen3_moe", False)
+    tensors = load_file(str(base_path / "model.safetensors"))
+    key = "model.layers.0.mlp.experts.1.up_proj.weight"
+    gen = torch.Generator().manual_seed(0)
+    for d in DOMAINS:
+        comp = run.component(d)
+        comp.mkdir(parents=True)
+        (comp / "config.json").write_bytes((base_path / "config.json").read_bytes())
+        moved = dict(tensors)
+        if d == "math":
+            moved[key] = tensors[key] + 0.2 * torch.randn(tensors[key].shape, generator=gen)
+        save_file(moved, str(comp / "model.safetensors"), metadata={"format": "pt"})
+    config.train.components.paths = {d: str(run.component(d)) for d in DOMAINS}
+    builder = ProxyBuilder.from_run(config, run, device="cpu")
+    heldout = Evaluator.from_run(config, run, "cpu").heldout
+    a = {"general": 0.5, "math": 0.5}
+    grads = heldout_nll_gradients(builder, heldout, a)
+    h = 0.05
+    plus = heldout_nll_gradients(builder, heldout, {"general": 0.5 - h, "math": 0.5 + h})
+    minus = heldout_nll_gradients(builder, heldout, {"general": 0.5 + h, "math": 0.5 - h})
+    v = np.array([-1.0, 1.0])  # columns follow the components' domain order (general, math)
+    for name, (_, g) in grads.items():
+        fd = (plus[name][0] - minus[name][0]) / (2 * h)
+        assert abs(fd) > 1e-3, (name, fd)  # the expert really changes the loss
+        assert abs(g @ v - fd) <= 0.02 * abs(fd), (name, g @ v, fd)
