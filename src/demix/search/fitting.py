@@ -65,19 +65,24 @@ class Fit:
                    CvReport.read(files.cv))
 
 
-def training_data(
-    evaluations: Sequence[Evaluation], domains: Sequence[str], higher_is_better: Mapping[str, bool]
-) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Component weights (n, K), capability scores and sign-corrected benchmark scores (higher is better)."""
+def _check_rows(evaluations: Sequence[Evaluation], domains: Sequence[str]) -> None:
+    """Rows to fit on: at least one, and no non-zero weight on a domain this run lacks (a zero
+    weight on a domain removed since is the same proxy without it: demix.search.evidence)."""
     if not evaluations:
         raise DemixError("no finished evaluations to fit predictors on", "evaluate at least a few mixtures")
-    # A zero weight on a domain removed since is the same proxy without it (demix.search.evidence).
     unknown = sorted({d for e in evaluations for d, w in e.weights.items() if d not in domains and round(float(w), 6) != 0})
     if unknown:
         raise DemixError(
             f"the store holds mixtures over domain(s) {unknown} that this run does not have",
             "use a new output_dir (or store.url) for a run with different domains",
         )
+
+
+def training_data(
+    evaluations: Sequence[Evaluation], domains: Sequence[str], higher_is_better: Mapping[str, bool]
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Component weights (n, K), capability scores and sign-corrected benchmark scores (higher is better)."""
+    _check_rows(evaluations, domains)
     cap_names, bench_names = sorted(evaluations[0].capabilities), sorted(evaluations[0].benchmarks)
     for e in evaluations:
         if sorted(e.capabilities) != cap_names or sorted(e.benchmarks) != bench_names:
@@ -168,14 +173,7 @@ def target_data(
     better), the indices of the rows that have it with their scores. Rows that lack a target
     were scored before it was added (the search lets only such rows through,
     :meth:`~demix.search.settings.ScoringSettings.only_adds`)."""
-    if not evaluations:
-        raise DemixError("no finished evaluations to fit predictors on", "evaluate at least a few mixtures")
-    unknown = sorted({d for e in evaluations for d, w in e.weights.items() if d not in domains and round(float(w), 6) != 0})
-    if unknown:
-        raise DemixError(
-            f"the store holds mixtures over domain(s) {unknown} that this run does not have",
-            "use a new output_dir (or store.url) for a run with different domains",
-        )
+    _check_rows(evaluations, domains)
     X = mixtures_to_rows(domains, [e.weights for e in evaluations])
 
     def per_target(attr: str, sign: Mapping[str, float]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
