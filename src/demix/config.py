@@ -218,8 +218,14 @@ class CommandTrainerConfig(StrictModel):
     olmo-core-sources, hf-datasets, mosaic, litdata, torchtitan, json; docs/exporters.md)."""
 
     data_prefixes: dict[str, str] = Field(default_factory=dict)
-    """Domain -> the data path your trainer reads for it (e.g. /data/math_text_document); a
-    domain without one is written under its name, for you to replace."""
+    """Domain -> the data path your trainer reads for it (e.g. /data/math_text_document). Every
+    domain a run trains on needs one (else planning stops with an error naming the domains),
+    unless `allow_placeholder_paths`."""
+
+    allow_placeholder_paths: bool = False
+    """Write a domain's name where `data_prefixes` has no path for it (for a trainer command
+    that maps names to data itself, or files you edit before launching). Off: a trainer handed
+    a path named after a domain fails much later, on the cluster."""
 
     converter: str | None = None
     """Command run on a finished run whose output is not a HF checkpoint, to write one:

@@ -301,7 +301,8 @@ def test_eval_of_a_checkpoint_that_needs_its_own_code_names_trust_remote_code(us
 def test_train_command_checks_the_given_base_at_the_start(user):
     base = custom_code_checkpoint(user / "run/models/base", user / "custom_base")
     cfg = write_config(
-        user, **{"model.base_path": str(base), "train.backend": "command", "train.command.template": "true {output_dir}"}
+        user, **{"model.base_path": str(base), "train.backend": "command", "train.command.template": "true {output_dir}",
+                  "train.command.format": "json"}
     )
     before = snapshot(user)
     for extra in ([], ["--dry-run"], ["--register"]):
@@ -346,7 +347,8 @@ def test_trust_remote_code_lets_a_custom_base_past_the_check(user):
 
 def test_train_command_register_with_unfinished_runs_exits_2(user):
     """Needs demix.cli.main to pass on the exit code typer returns (another engineer's fix)."""
-    cfg = write_config(user, **{"train.backend": "command", "train.command.template": "true {output_dir}"})
+    cfg = write_config(user, **{"train.backend": "command", "train.command.template": "true {output_dir}",
+                  "train.command.format": "json"})
     shutil.rmtree(user / "run/models/components")
     for quiet in ([], ["-q"]):  # the reason for exit code 2 is printed even with --quiet
         result = cli("train", "command", str(cfg), "--register", *quiet)

@@ -107,7 +107,8 @@ def done_evaluations(store: Path) -> int:
 def test_register_with_unfinished_runs_exits_2(finished, tmp_path):
     before = snapshot(tmp_path)
     result = cli("train", "command", str(finished / "config.yaml"), "-s", "train.backend=command",
-                 "-s", "train.command.template=echo {output_dir}", "-s", "train.command.slurm=true", "--register")
+                 "-s", "train.command.template=echo {output_dir}", "-s", "train.command.format=json",
+                 "-s", "train.command.slurm=true", "--register")
     clean_error(result, 2, "registered 0 checkpoint(s)", "3 not finished yet", "component-math")
     assert_unchanged(before, snapshot(tmp_path), outputs=["run"])
 
@@ -167,7 +168,7 @@ def test_a_domain_given_twice_in_a_mixture_is_refused(finished, tmp_path, verb, 
 def test_a_domain_given_twice_in_a_reference_of_the_command_backend_is_refused(finished, tmp_path):
     before = snapshot(tmp_path)
     result = cli("train", "command", str(finished / "config.yaml"), "-s", "train.backend=command",
-                 "-s", "train.command.template=echo {output_dir}", "--dry-run", "--no-components",
+                 "-s", "train.command.template=echo {output_dir}", "-s", "train.command.format=json", "--dry-run", "--no-components",
                  "-r", "general=0.5,math=0.5,general=0.5")
     clean_error(result, 1, "domain 'general' is given twice")
     assert_unchanged(before, snapshot(tmp_path), outputs=["run"])

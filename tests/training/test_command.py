@@ -27,7 +27,8 @@ TEMPLATE = (
 SETTINGS = {
     "train.command.template": f'"{TEMPLATE}"',
     "train.command.format": "megatron",
-    "train.command.data_prefixes": '{"general": /data/general_text_document, "math": /data/math_text_document}',
+    "train.command.data_prefixes": '{"general": /data/general_text_document, "math": /data/math_text_document, '
+                                   '"code": /data/code_text_document}',
     "train.command.converter": '"python tools/checkpoint/convert.py --load {output_dir} --save-hf {hf_dir}"',
     "train.command.slurm": "true",
     "train.command.slurm_options": '["--gpus-per-node=8", "--time=24:00:00"]',
@@ -55,6 +56,23 @@ def test_rendered_commands_mixture_files_and_slurm_script_match_golden(new_run):
     config.train.command.format = "nanotron"
     out = write_plan(config, run, plan_command_runs(config, run, ("component",), domains=["code"]))
     check_golden("component-code.yaml", (out / "component-code.yaml").read_text(), run.root)
+
+
+def test_a_run_without_a_data_path_for_a_domain_it_trains_on_is_refused_before_any_command(new_run, tmp_path):
+    """A trainer handed a path named after a domain fails on the cluster, hours later: planning
+    stops first, naming the domains and both fixes; allowing placeholders writes the names."""
+    settings = {**SETTINGS, "train.command.data_prefixes": '{"general": /data/general_text_document}'}
+    config, run = new_run("paths", **settings)
+    with pytest.raises(DemixError, match=r"no data path for domain\(s\) math") as err:
+        plan_command_runs(config, run, ("component",), domains=["math"])
+    assert "train.command.data_prefixes" in err.value.fix and "allow_placeholder_paths" in err.value.fix
+    assert not run.train_commands.exists() or not any(run.train_commands.iterdir())
+    # A component of general alone needs only general's path.
+    assert plan_command_runs(config, run, ("component",), domains=["general"])
+    config.train.command.allow_placeholder_paths = True
+    plan = plan_command_runs(config, run, ("component",), domains=["math"])[0]
+    write_plan(config, run, [plan])
+    assert Path(plan.mixture_file).read_text().split() == ["0.5", "/data/general_text_document", "0.5", "math"]
 
 
 def test_the_olmo_core_file_of_a_run_carries_its_batch_and_seed(new_run):
@@ -127,6 +145,8 @@ def fake_trainer_run(new_run, tmp_path):
                 "train.command.template": f'"{py} {tmp_path}/trainer.py {{init}} {{output_dir}} {{seed}}"',
                 "train.command.converter": f'"{py} {tmp_path}/convert.py {{output_dir}} {{hf_dir}}"',
                 "train.command.format": "olmo-core",
+                # The fake trainer reads no data: the domain names stand in for paths.
+                "train.command.allow_placeholder_paths": "true",
                 **overrides,
             },
         )
@@ -163,7 +183,7 @@ def test_commands_run_convert_and_register_for_merging(fake_trainer_run):
 
 
 def test_failed_command_and_missing_checkpoint_are_named(new_run, tmp_path):
-    config, run = new_run("fail", **{"train.command.template": '"sh -c \'exit 3\' {output_dir}"'})
+    config, run = new_run("fail", **{"train.command.template": '"sh -c \'exit 3\' {output_dir}"', "train.command.format": "json"})
     save_tiny_checkpoint(run.base, 400, heads=4, tie=False, max_positions=2048, embedding_scale=1.0)
     plans = plan_command_runs(config, run, ("component",), domains=["math"])
     with pytest.raises(DemixError, match="exit code 3") as err:

@@ -204,7 +204,26 @@ def plan_command_runs(
                 str(output_dir), str(hf_dir), str(mixture_file), command, converter,
             )
         )
+    _check_data_paths(config, [p.mixture for p in plans])
     return plans
+
+
+def _check_data_paths(config: RunConfig, mixtures: Sequence[Mapping[str, float]]) -> None:
+    """Every domain a planned run trains on has a path in ``train.command.data_prefixes``
+    (formats that write paths), before any command is launched."""
+    cmd = config.train.command
+    if cmd.allow_placeholder_paths or cmd.format == "json":
+        return
+    used = [d for d in config.data.domain_names if any(m.get(d, 0.0) > 0 for m in mixtures)]
+    missing = [d for d in used if d not in cmd.data_prefixes]
+    if missing:
+        example = ", ".join(f"{d}: /data/{d}_text_document" for d in missing[:2])
+        raise DemixError(
+            f"train.command.data_prefixes has no data path for domain(s) {', '.join(missing)}: the {cmd.format} "
+            "file of each run would name the domain as its path and the trainer would fail much later",
+            f"set train.command.data_prefixes (e.g. {{{example}}}), or train.command.allow_placeholder_paths: true "
+            "to write the names for your command to map",
+        )
 
 
 def render_mixture_file(config: RunConfig, run: RunDir, plan: CommandRun) -> str:
@@ -216,10 +235,11 @@ def render_mixture_file(config: RunConfig, run: RunDir, plan: CommandRun) -> str
     seq = config.model.seq_len
     # The run's own sequence length, global batch (in tokens: batch_size counts the accumulated
     # sequences) and seed, so formats that need them (OLMo-core's global_batch_size, MosaicML's
-    # epoch_size) are loadable by the trainer. Paths stay lenient: without
-    # train.command.data_prefixes a domain's name stands in (the trainer then fails naming it).
+    # epoch_size) are loadable by the trainer. Missing paths were refused at planning unless
+    # allowed (_check_data_paths).
     options = ExportOptions(seq_length=seq, global_batch_tokens=recipe.batch_size * seq, seed=plan.seed,
-                            allow_placeholder_paths=True, require_settings=True)
+                            allow_placeholder_paths=config.train.command.allow_placeholder_paths,
+                            require_settings=True)
     return get_exporter(config.train.command.format).render(doc, config.train.command.data_prefixes, options=options)
 
 
