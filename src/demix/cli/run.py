@@ -91,7 +91,7 @@ def run_cmd(config: ConfigArg, overrides: OverridesOpt = None, device: DeviceOpt
 @app.command("demo", rich_help_panel="1. The whole run")
 def demo_cmd(
     preset: Annotated[
-        str, typer.Option(help="demo: tiny models, about 5-10 minutes on 2 CPU cores; full: more tokens and proxies, about an hour.")
+        str, typer.Option(help="demo: tiny models, about 5-10 minutes on 2 CPU cores; full: more tokens and proxies, about an hour; smollm2: the real SmolLM2-135M as the base (make it first with `make smollm2`), about 35 minutes at 1 thread on 2 loaded CPU cores.")
     ] = "demo",
     overrides: OverridesOpt = None,
     device: DeviceOpt = "auto",
