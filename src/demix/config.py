@@ -332,6 +332,17 @@ class EvaluationConfig(StrictModel):
     device: str = "auto"
     """Evaluation device: auto, cpu, cuda, cuda:0, ..."""
 
+    lm_eval_path: Literal["shared_context", "harness"] = "shared_context"
+    """How lm_eval log-likelihood requests (multiple_choice, loglikelihood tasks) are scored.
+    shared_context: each context runs once and its choices are packed after it with a block
+    attention mask (the harness's requests, tokens and metrics; the same scores, about C times
+    fewer context tokens for C choices). harness: every request through lm-eval's HFLM as its own
+    sequence. Generation and rolling log-likelihood tasks always use the harness."""
+
+    auto_batch_size: bool = True
+    """On CUDA, choose the sequences per forward pass of held-out loss and multiple-choice scoring
+    from free GPU memory and the model's shape (batch_size is then unused). CPU uses batch_size."""
+
 
 # --------------------------------------------------------------------------- merging
 
@@ -408,13 +419,14 @@ class RefineConfig(StrictModel):
     only when its measured objective is higher; a rejected one halves the step. Stops after
     ``steps`` proposals, or when the step (or the projected move) is below ``min_step``.
 
-    Off by default: it needs ``search.objective: weighted`` (``rank_mean`` has no gradient), a
-    linear merge and held-out-loss capabilities, and costs up to ``steps`` more evaluations plus
+    Off by default: it needs a linear merge, no ``search.constraints`` and held-out-loss
+    capabilities (``rank_mean`` is climbed along a smooth surrogate and judged by its exact
+    measured value, demix.search.surrogate), and costs up to ``steps`` more evaluations plus
     one gradient per accepted step (a forward and a backward pass per held-out domain: 3.6
     evaluations' time measured on the tiny test model on CPU)."""
 
     enabled: bool = False
-    """Refine the chosen mixture after the last round (needs search.objective: weighted)."""
+    """Refine the chosen mixture after the last round (weighted, or rank_mean through its surrogate)."""
 
     steps: int = Field(default=6, ge=1)
     """Most proposals evaluated (each one more proxy evaluation, stored like the rounds')."""
@@ -496,6 +508,13 @@ class SearchConfig(StrictModel):
     refine: RefineConfig = Field(default_factory=RefineConfig)
     """Gradient refinement of the chosen mixture after the last round (off by default)."""
 
+    measure_chosen: bool = False
+    """Evaluate the chosen mixture's merged proxy once after the last round (stored like any
+    proxy, round null) and record its measured scores and objective beside the predicted ones
+    in best_mixture.json (`measured`): a check that the objective does not overfit the proxies.
+    Off: `measured` is recorded only where the proxy is measured anyway (search.refine, or the
+    store already holds it)."""
+
     @model_validator(mode="after")
     def _check_pool(self) -> SearchConfig:
         # A top-k (or region) as large as the pool would average the whole random pool: the
@@ -556,6 +575,25 @@ class ReferenceSet(StrictModel):
     release lists more mixtures than it ships models); off: a missing folder is an error."""
 
 
+class CalibrateConfig(StrictModel):
+    """`demix fidelity --calibrate`: the merge-vs-data-mix check of the DeMix paper's Appendix D.
+    Two components are merged at a few ratios and each merged proxy is compared with a model
+    trained on the data mixture it stands for, at each component budget."""
+
+    domains: list[str] = Field(default_factory=list)
+    """The two (non-general) domains whose components are merged. Empty: the first two domains
+    of data.domains other than data.general_domain."""
+
+    ratios: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
+    """Component weight of the first domain in each merged proxy (the second gets 1 - ratio).
+    Strictly inside (0, 1): at 0 or 1 the merged proxy is a component itself."""
+
+    budgets: list[Annotated[int, Field(gt=0)]] = Field(default_factory=list)
+    """Training tokens of the two components (and of each data-mixed model, trained with the
+    components' recipe at the same budget). Empty: a quarter of train.components.tokens and
+    train.components.tokens (the run's own components are reused at that budget)."""
+
+
 class FidelityConfig(StrictModel):
     num_references: int = Field(default=8, ge=0)
     """Reference mixtures sampled with the search's sampler (in addition to `mixtures` and
@@ -612,6 +650,16 @@ class FidelityConfig(StrictModel):
 
     audit_proxy_gap: float = Field(default=1.0, gt=0)
     """Merge audit: warn when ||proxy - reference|| / ||reference - base|| reaches this."""
+
+    transfer: list[DomainConfig] = Field(default_factory=list)
+    """Transfer targets: corpora that are not components (a built-in corpus left out of
+    data.domains, or a file such as one half of a split corpus), scored by held-out bits per
+    byte for every model the stage compares, as benchmark `heldout:<name>` and capability
+    `<name>`. Keys as in data.domains; `max_tokens` is ignored (evaluation.heldout_tokens of the
+    first documents are scored). Names and sources must differ from every domain's."""
+
+    calibrate: CalibrateConfig = Field(default_factory=CalibrateConfig)
+    """Settings of `demix fidelity --calibrate` (the merge-vs-data-mix check)."""
 
 
 class ExecutorConfig(StrictModel):

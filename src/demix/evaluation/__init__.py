@@ -12,6 +12,10 @@ Heavy pieces (torch; imported on first use):
 - :class:`Evaluator`: ``Evaluator.from_run(config, run, device).evaluate(model) -> EvalResult``.
 - :class:`HeldoutLoss`, :func:`token_byte_lengths` (``demix.evaluation.heldout``).
 - :class:`Harness` (``demix.evaluation.harness``), shipped tasks (``demix.evaluation.local_tasks``).
+- Shared-context log-likelihood scoring (``demix.evaluation.multiple_choice``, the default path
+  of log-likelihood tasks), batch sizes from free GPU memory (``demix.evaluation.batching``),
+  screening on fixed item subsets (``demix.evaluation.screening``), gradients of held-out loss
+  and of gold-choice log-likelihoods (``demix.evaluation.gradient``).
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ class Evaluator:
                 )
                 for d in domains
             }
-            heldout = HeldoutLoss(sets, ev.batch_size)
+            heldout = HeldoutLoss(sets, ev.batch_size, auto_batch=ev.auto_batch_size)
 
         harness = None
         lm_benchmarks = [b for b in benchmarks if b.evaluator == "lm_eval"]
@@ -102,11 +102,22 @@ class Evaluator:
                 run.eval_tasks, wanted, seed=ev.seed, heldout=packed, tokenizer=tokenizer, max_answer_tokens=config.model.seq_len
             )
             dirs: list[Path] = ([run.eval_tasks] if shipped else []) + [Path(d) for d in ev.task_dirs]
-            harness = Harness(lm_benchmarks, dirs, tokenizer, batch_size=ev.batch_size, seed=ev.seed)
+            harness = Harness(
+                lm_benchmarks,
+                dirs,
+                tokenizer,
+                batch_size=ev.batch_size,
+                seed=ev.seed,
+                shared_context=ev.lm_eval_path == "shared_context",
+                auto_batch=ev.auto_batch_size,
+            )
         return cls(benchmarks, capabilities, heldout, harness)
 
-    def evaluate(self, model: torch.nn.Module) -> EvalResult:
-        """Score ``model`` on every benchmark; capabilities are sign-corrected (higher is better)."""
+    def evaluate(self, model: torch.nn.Module, lm_samples: dict[str, list[int]] | None = None) -> EvalResult:
+        """Score ``model`` on every benchmark; capabilities are sign-corrected (higher is better).
+
+        ``lm_samples``: {lm_eval task: document indices} scored instead of the run's fixed
+        subsets (screening: :func:`demix.evaluation.screening.screen`)."""
         start = time.perf_counter()
         values: dict[str, float] = {}
         details: dict[str, dict[str, Any]] = {}
@@ -118,7 +129,7 @@ class Evaluator:
                     values[b.name] = d[b.metric]
                     details[b.name] = {"domain": b.domain, **d}
         if self.harness is not None:
-            lm_values, lm_details = self.harness.evaluate(model)
+            lm_values, lm_details = self.harness.evaluate(model, lm_samples)
             values.update(lm_values)
             details.update(lm_details)
         # Results are keyed by name, in the config's order.

@@ -6,7 +6,9 @@
 Differentiable benchmarks: ``heldout_loss`` (bits per byte and loss per token are the summed
 token nll divided by a constant: the scored bytes times ln 2, or the scored tokens). lm-eval
 benchmarks are not differentiated here (accuracy is piecewise constant); a capability holding
-one is left out of :attr:`ScoreGradient.capabilities` and named in ``not_differentiable``.
+one is left out of :attr:`ScoreGradient.capabilities` and named in ``not_differentiable``. What
+is smooth behind a multiple-choice task is the log-likelihood of its gold choices:
+:func:`loglikelihood_gradients` differentiates their sum (the proxy signal for its accuracy).
 
 Units: a benchmark's gradient is of its *score* (the value sign-corrected, higher is better:
 ``-bits_per_byte``), per unit of component weight. Each held-out domain costs one forward and
@@ -65,6 +67,94 @@ def heldout_nll_gradients(
                     nll = (token_nll(logits, s.targets[start:stop]) * s.mask[start:stop]).sum()
                     nll.backward()
                     total += float(nll.detach())
+                out[name] = (total, mg.take())
+    finally:
+        model.train(was_training)
+    return out
+
+
+def gold_choice(task: Any, doc: dict[str, Any]) -> int:
+    """Index of ``doc``'s gold choice among a multiple-choice task's requests, read as the
+    harness's ``process_results`` reads it (``doc_to_target``; ``doc_to_text`` for tasks whose
+    choices are contexts; a string target is looked up among the choices)."""
+    from demix.errors import DemixError
+
+    choices = task.doc_to_choice(doc)
+    gold = task.doc_to_text(doc) if task.multiple_input else task.doc_to_target(doc)
+    if isinstance(gold, str):
+        gold = choices.index(gold) if gold in choices else -1
+    if not isinstance(gold, int) or not 0 <= gold < len(choices):
+        raise DemixError(
+            f"lm_eval task '{task.config.task}': document has gold {gold!r}, not one index among its {len(choices)} choices",
+            "the log-likelihood gradient needs one gold choice per document (multiple targets are not supported)",
+        )
+    return gold
+
+
+def _encode_request(lm: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    # HFLM.loglikelihood's tokenisation: an empty context is the prefix token (BOS/EOS).
+    if context:
+        return lm._encode_pair(context, continuation)
+    cont = lm.tok_encode(continuation, add_special_tokens=False)
+    return ([lm.prefix_token_id], cont) if lm.prefix_token_id != cont[0] else (cont[:1], cont[1:])
+
+
+def gold_requests(harness: Any, task_name: str, lm: Any) -> list[tuple[list[int], list[int]]]:
+    """(context tokens, continuation tokens) of the gold choice of every scored document of a
+    multiple-choice task (the run's fixed sample subset), tokenised by ``lm``
+    (``harness._lm_for(model)``) as the harness does."""
+    from demix.errors import DemixError
+
+    task = harness.task_dict["tasks"].get(task_name)
+    if task is None or task.OUTPUT_TYPE != "multiple_choice":
+        raise DemixError(
+            f"lm_eval task '{task_name}' is not a multiple-choice task of this evaluation",
+            "differentiate a multiple_choice task (demix_math, demix_humaneval, demix_heldout_mc_<domain>, ...)",
+        )
+    task.build_all_requests(samples=harness.samples.get(task_name), rank=0, world_size=1)
+    gold: dict[int, int] = {}
+    out = []
+    for inst in task.instances:
+        if inst.doc_id not in gold:
+            gold[inst.doc_id] = gold_choice(task, inst.doc)
+        if inst.idx == gold[inst.doc_id]:
+            out.append(_encode_request(lm, *inst.args))
+    return out
+
+
+def loglikelihood_gradients(
+    builder: ProxyBuilder, harness: Any, mixture: Mapping[str, float], tasks: Sequence[str]
+) -> dict[str, tuple[float, np.ndarray]]:
+    """Per multiple-choice lm_eval task: (sum over its scored documents of the gold choice's
+    log-likelihood in nats, its derivative (K,) with respect to the component weights) at the
+    proxy of ``mixture``.
+
+    The log-likelihoods are the shared-context path's (:mod:`demix.evaluation.multiple_choice`:
+    the harness's requests and tokens, fp32 log-softmax), so the value equals the sum of the
+    gold choices' scores the evaluation computes; only the gold choice of each document is run.
+    Each batch is backpropagated on its own (activation memory is one batch's).
+    """
+    import torch
+
+    from demix.evaluation.heldout import model_device
+    from demix.evaluation.multiple_choice import batch_token_logprobs, plan_batches
+    from demix.merging.gradient import MergeGradient
+
+    model = builder.build(mixture)
+    lm = harness._lm_for(model)
+    out: dict[str, tuple[float, np.ndarray]] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        with MergeGradient(builder) as mg, torch.enable_grad():
+            for name in tasks:
+                pairs = gold_requests(harness, name, lm)
+                batches = plan_batches(pairs, lm.max_length, lambda _t: harness.batch_size, model_device(model))
+                total = 0.0
+                for batch in batches:
+                    ll = batch_token_logprobs(model, batch)[0].sum()
+                    ll.backward()
+                    total += float(ll.detach())
                 out[name] = (total, mg.take())
     finally:
         model.train(was_training)

@@ -77,14 +77,78 @@ def check_task_dirs(dirs: Sequence[str | Path]) -> None:
             )
 
 
+#: Self-check of the shared-context path on a new model object: largest allowed difference of a
+#: log-likelihood from the harness's own, relative to max(1, |log-likelihood|), by the model's
+#: float width. Both paths run the same weights in another order of operations; a model that
+#: ignores the block mask or the positions is off by whole nats.
+SELF_CHECK_TOLERANCE = {4: 1e-4, 8: 1e-6, 2: 3e-2}
+
+
 def _resident_lm_class() -> type:
-    """HFLM for a model held in memory, without progress bars, with memoised tokenisation."""
+    """HFLM for a model held in memory, without progress bars, with memoised tokenisation, and
+    (``shared_context=True``) log-likelihood requests scored by :mod:`demix.evaluation.multiple_choice`."""
     from lm_eval.models.huggingface import HFLM
 
     class ResidentLM(HFLM):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
+        def __init__(self, *args: Any, shared_context: bool = True, auto_batch: bool = False, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._pair_cache: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
+            self.shared_context = shared_context
+            self.auto_batch = auto_batch
+            self._use_shared = False
+            # None: not checked yet on this model object; then True, or the reason it falls back.
+            self.shared_context_check: bool | str | None = None
+            self._plans: dict[Any, list[Any]] = {}
+
+        def _rows_for(self, length: int) -> int:
+            if self.auto_batch:
+                from demix.evaluation.batching import cuda_batch_rows
+
+                return cuda_batch_rows(self._model, length, fallback=int(self.batch_size))
+            return int(self.batch_size)
+
+        def _shared_context_scores(self, requests: list) -> list[tuple[float, bool]]:
+            from demix.evaluation.heldout import model_device
+            from demix.evaluation.multiple_choice import plan_batches, score_batches
+
+            key = tuple(r[0] for r in requests)
+            batches = self._plans.get(key)
+            if batches is None:
+                pairs = [(r[1], r[2]) for r in requests]
+                batches = plan_batches(pairs, self.max_length, self._rows_for, model_device(self._model))
+                # The same requests come back for every proxy (a few request sets: the full
+                # subsets and a screening subset); the oldest plan goes first.
+                if len(self._plans) >= 4:
+                    self._plans.pop(next(iter(self._plans)))
+                self._plans[key] = batches
+            if self.shared_context_check is None:
+                self.shared_context_check = self._self_check(requests, batches)
+                if self.shared_context_check is not True:
+                    log.warning("lm_eval: shared-context scoring falls back to the harness: %s", self.shared_context_check)
+            if self.shared_context_check is not True:
+                return super()._loglikelihood_tokens(requests, disable_tqdm=True)
+            return score_batches(self._model, batches, len(requests))
+
+        def _self_check(self, requests: list, batches: list) -> bool | str:
+            """Score the smallest batch both ways once per model object: a model whose forward
+            ignores a 4D mask or explicit positions would give other scores, and is refused."""
+            from demix.evaluation.multiple_choice import score_batches
+
+            small = batches[-1]
+            idx = [int(i) for i in small.requests]
+            sub = [requests[i] for i in idx]
+            try:
+                ours = score_batches(self._model, [_renumbered(small)], len(idx))
+            except (TypeError, ValueError, RuntimeError) as exc:
+                return f"the model's forward does not take a 4D attention mask and position ids ({type(exc).__name__}: {exc})"
+            theirs = super()._loglikelihood_tokens(sub, disable_tqdm=True)
+            width = next(self._model.parameters()).element_size()
+            tol = SELF_CHECK_TOLERANCE.get(width, 3e-2)
+            for (a, ga), (b, gb) in zip(ours, theirs):
+                # Greedy flags may flip on a near tie in half precision; the values must agree.
+                if abs(a - b) > tol * max(1.0, abs(b)) or (ga != gb and width >= 4):
+                    return f"its log-likelihood {a:.6g} differs from the harness's {b:.6g} on this model"
+            return True
 
         def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
             key = (context, continuation)
@@ -106,7 +170,11 @@ def _resident_lm_class() -> type:
                         f"model's context of {self.max_length} tokens, so it cannot be scored",
                         "use a model with a longer context (model.seq_len), or a task (or subset) with shorter answers",
                     )
-            return super().loglikelihood(requests, disable_tqdm=True)
+            self._use_shared = self.shared_context
+            try:
+                return super().loglikelihood(requests, disable_tqdm=True)
+            finally:
+                self._use_shared = False
 
         def loglikelihood_rolling(self, requests, disable_tqdm: bool = True):
             return super().loglikelihood_rolling(requests, disable_tqdm=True)
@@ -115,10 +183,21 @@ def _resident_lm_class() -> type:
             return super().generate_until(requests, disable_tqdm=True)
 
         def _loglikelihood_tokens(self, requests, disable_tqdm: bool = True, **kwargs: Any):
+            if self._use_shared and requests:
+                return self._shared_context_scores(requests)
             # The rolling path asks for a progress bar per batch; demix shows its own.
             return super()._loglikelihood_tokens(requests, disable_tqdm=True, **kwargs)
 
     return ResidentLM
+
+
+def _renumbered(batch: Any) -> Any:
+    """``batch`` with its requests numbered 0.. (scored on their own by the self-check)."""
+    import dataclasses
+
+    import numpy as np
+
+    return dataclasses.replace(batch, requests=np.arange(len(batch.requests)))
 
 
 def _reuse_requests(task: Any) -> None:
@@ -199,6 +278,17 @@ def _fixed_samples(benchmarks: Sequence[Benchmark], leaf: dict[str, Any], groups
     return samples
 
 
+def scoring_path(task: Any, shared_context: bool = True) -> str:
+    """How ``task``'s requests are scored: ``shared-context`` (log-likelihood requests, one forward
+    pass per context) or ``harness (<reason>)``."""
+    kind = getattr(task, "OUTPUT_TYPE", None) or getattr(getattr(task, "config", None), "output_type", None)
+    if not shared_context:
+        return "harness (evaluation.lm_eval_path: harness)"
+    if kind not in ("multiple_choice", "loglikelihood"):
+        return f"harness (output type {kind}: not a log-likelihood of a continuation)"
+    return "shared-context"
+
+
 class Harness:
     """The lm_eval benchmarks of a run: tasks loaded once, scored on any resident model."""
 
@@ -209,13 +299,21 @@ class Harness:
         tokenizer: Any,
         batch_size: int = 16,
         seed: int = 0,
+        shared_context: bool = True,
+        auto_batch: bool = False,
     ) -> None:
+        """``shared_context``: score log-likelihood requests with one forward pass per context
+        (:mod:`demix.evaluation.multiple_choice`; same scores) instead of the harness's one per
+        request. ``auto_batch``: on CUDA, packs per forward pass from free memory."""
         require("lm_eval", extra="eval")
         _offline()
         from lm_eval.tasks import TaskManager
 
         self.tokenizer = tokenizer
         self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.shared_context = bool(shared_context)
+        self.auto_batch = bool(auto_batch)
         self.task_dirs = [Path(d) for d in task_dirs]
         check_task_dirs(self.task_dirs)
         manager = TaskManager(include_path=[str(d) for d in self.task_dirs], include_defaults=False)
@@ -251,17 +349,33 @@ class Harness:
 
         self.benchmarks = _with_metrics(benchmarks, leaf)
         self.samples = _fixed_samples(self.benchmarks, leaf, groups, seed)
+        self.paths = {name: scoring_path(task, self.shared_context) for name, task in leaf.items()}
+        for name, path in self.paths.items():
+            log.info("lm_eval task '%s': %s", name, path)
         self._lm: Any = None
 
     def _lm_for(self, model: Any) -> Any:
         # The wrapper is kept while the model object is the same (its weights may change in place:
         # nothing computed from them is kept), and rebuilt for another object.
         if self._lm is None or self._lm._model is not model:
-            self._lm = _resident_lm_class()(pretrained=model, tokenizer=self.tokenizer, batch_size=self.batch_size)
+            self._lm = _resident_lm_class()(
+                pretrained=model,
+                tokenizer=self.tokenizer,
+                batch_size=self.batch_size,
+                # fp32 log-softmax on both paths, whatever the weights' dtype (the harness's
+                # default is the model's dtype: bf16 log-probabilities for a bf16 proxy).
+                softmax_dtype="float32",
+                shared_context=self.shared_context,
+                auto_batch=self.auto_batch,
+            )
         return self._lm
 
-    def evaluate(self, model: Any) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
-        """({benchmark name: value}, {benchmark name: details}) of ``model`` on the tasks."""
+    def evaluate(
+        self, model: Any, samples: dict[str, list[int]] | None = None
+    ) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+        """({benchmark name: value}, {benchmark name: details}) of ``model`` on the tasks;
+        ``samples``: {task: document indices} to score instead of the run's fixed subsets
+        (screening, :mod:`demix.evaluation.screening`)."""
         from lm_eval.evaluator import evaluate
 
         was_training = model.training
@@ -270,7 +384,7 @@ class Harness:
             out = evaluate(
                 self._lm_for(model),
                 self.task_dict,
-                samples=self.samples or None,
+                samples=(self.samples if samples is None else samples) or None,
                 bootstrap_iters=0,
                 log_samples=False,
             )

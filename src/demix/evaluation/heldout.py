@@ -164,11 +164,22 @@ def model_device(model: torch.nn.Module) -> torch.device:
 class HeldoutLoss:
     """Scores models on the held-out splits of some domains (bits per byte and loss per token)."""
 
-    def __init__(self, sets: Mapping[str, HeldoutSet], batch_size: int) -> None:
+    def __init__(self, sets: Mapping[str, HeldoutSet], batch_size: int, auto_batch: bool = False) -> None:
+        """``auto_batch``: on CUDA, windows per forward pass from free memory
+        (:func:`demix.evaluation.batching.cuda_batch_rows`) instead of ``batch_size``."""
         if batch_size <= 0:
             raise DemixError(f"evaluation batch size must be positive, got {batch_size}", "set evaluation.batch_size")
         self.sets = dict(sets)
         self.batch_size = int(batch_size)
+        self.auto_batch = bool(auto_batch)
+
+    def rows_for(self, model: torch.nn.Module, seq_len: int) -> int:
+        """Windows per forward pass of ``seq_len`` tokens for ``model``."""
+        if self.auto_batch and model_device(model).type == "cuda":
+            from demix.evaluation.batching import cuda_batch_rows
+
+            return cuda_batch_rows(model, seq_len, fallback=self.batch_size)
+        return self.batch_size
 
     def _sets_on(self, device: torch.device) -> dict[str, HeldoutSet]:
         # Moved once and kept: the next proxy on the same device reuses the same tensors.
@@ -184,8 +195,9 @@ class HeldoutLoss:
         sums = {}
         for name, s in self._sets_on(device).items():
             total = torch.zeros((), dtype=torch.float64, device=device)
-            for start in range(0, len(s.inputs), self.batch_size):
-                stop = start + self.batch_size
+            rows = self.rows_for(model, s.inputs.shape[1])
+            for start in range(0, len(s.inputs), rows):
+                stop = start + rows
                 logits = model(input_ids=s.inputs[start:stop], use_cache=False).logits
                 nll = token_nll(logits, s.targets[start:stop])
                 # fp32 per batch (at most batch x seq_len terms), fp64 across batches.
