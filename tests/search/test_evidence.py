@@ -321,3 +321,117 @@ def test_any_other_settings_change_still_refuses(three_default):
         run_search(default_config_for(run.root, domains[:3], **suite), run, HeldoutScorer(domains[:1]),
                    {d: TOKENS4[d] for d in domains[:3]})
     assert scorer.calls == []
+
+
+# --- Each target's predictor kind resolved on its own row count ---
+
+
+def _rows_with(n_a, n_b, seed=0):
+    """Evaluations over 3 domains: every row scores benchmark ``a``; only the last ``n_b`` ``b``
+    (what a benchmark added with a domain leaves: few rows have it)."""
+    from demix.store import Evaluation
+
+    rng = np.random.default_rng(seed)
+    W = rng.dirichlet(np.ones(3), n_a)
+    out = []
+    for i, w in enumerate(W):
+        m = dict(zip(("general", "math", "code"), map(float, w)))
+        bench = {"a": float(1 - (w[0] - 0.5) ** 2)}
+        caps = {"ca": bench["a"]}
+        if i >= n_a - n_b:
+            bench["b"] = float(w[1] + 0.5 * w[2] ** 2)
+            caps["cb"] = bench["b"]
+        out.append(Evaluation(i, mixture_key(m), "merged", 0, m, bench, caps, {}, "", ""))
+    return out
+
+
+def test_each_target_resolves_its_own_kind_and_reads_back(tmp_path):
+    from demix.predictors import AUTO_MIN_LIGHTGBM, fit_predictors
+    from demix.rundir import RoundFiles
+    from demix.search.fitting import Fit, fit_all
+    from demix.search.round_files import CvReport
+
+    domains = ["general", "math", "code"]
+    rows = _rows_with(AUTO_MIN_LIGHTGBM + 8, 6)
+    fit = fit_all(rows, domains, {"a": True, "b": True}, "auto", folds=3)
+    assert fit.benchmarks.kinds == {"a": "lightgbm", "b": "ridge"}
+    assert fit.capabilities.kinds == {"ca": "lightgbm", "cb": "ridge"}
+    assert fit.capabilities.kind == "lightgbm+ridge"
+    assert {t: c.kind for t, c in fit.cv.benchmarks.items()} == {"a": "lightgbm", "b": "ridge"}
+    assert fit.cv.benchmarks["b"].n == 6 and fit.cv.benchmarks["a"].n == len(rows)
+    # Each target's predictions are those of its kind fitted on its own rows.
+    P = np.random.default_rng(5).dirichlet(np.ones(3), 50)
+    X = np.array([[e.weights[d] for d in domains] for e in rows])
+    lone = fit_predictors(X[-6:], {"b": np.array([e.benchmarks["b"] for e in rows[-6:]])}, "ridge", domains)
+    np.testing.assert_allclose(fit.benchmarks.predict(P)["b"], lone.predict(P)["b"])
+    full = fit_predictors(X, {"a": np.array([e.benchmarks["a"] for e in rows])}, "lightgbm", domains)
+    np.testing.assert_allclose(fit.benchmarks.predict(P)["a"], full.predict(P)["a"])
+    assert fit.benchmarks.predict_matrix(P, ["b", "a"]).shape == (50, 2)
+    # Written and read back (what a resumed search does): the same kinds and predictions.
+    files = RoundFiles(tmp_path / "round_0")
+    files.root.mkdir(parents=True)
+    fit.write(files)
+    meta = __import__("json").loads((files.predictors / "benchmarks" / "predictors.json").read_text())
+    assert meta["kind"] == "per_target" and meta["kinds"] == {"a": "lightgbm", "b": "ridge"}
+    back = Fit.read(files)
+    assert back.benchmarks.kinds == fit.benchmarks.kinds
+    np.testing.assert_array_equal(back.capabilities.predict_matrix(P, ["ca", "cb"]),
+                                  fit.capabilities.predict_matrix(P, ["ca", "cb"]))
+    assert {t: c.kind for t, c in CvReport.read(files.cv).capabilities.items()} == {"ca": "lightgbm", "cb": "ridge"}
+
+
+def test_one_kind_keeps_the_single_predictors_layout(tmp_path):
+    from demix.predictors import Predictors
+    from demix.rundir import RoundFiles
+    from demix.search.fitting import fit_all
+
+    rows = _rows_with(40, 6)
+    fit = fit_all(rows, ["general", "math", "code"], {"a": True, "b": True}, "ridge", folds=3)
+    assert fit.benchmarks.kinds == {"a": "ridge", "b": "ridge"} and fit.benchmarks.kind == "ridge"
+    files = RoundFiles(tmp_path / "round_0")
+    fit.write(files)
+    plain = Predictors.load(files.predictors / "benchmarks")  # what demix < 0.3 wrote and reads
+    P = np.random.default_rng(1).dirichlet(np.ones(3), 20)
+    np.testing.assert_allclose(plain.predict(P)["b"], fit.benchmarks.predict(P)["b"])
+
+
+def test_a_garbled_per_target_fit_names_the_directory(tmp_path):
+    from demix.errors import DemixError
+    from demix.search.fitting import TargetPredictors
+
+    d = tmp_path / "capabilities"
+    d.mkdir()
+    (d / "predictors.json").write_text('{"kind": "per_target", "targets": ["x"]}')
+    with pytest.raises(DemixError, match="cannot read the predictor fit in .*capabilities"):
+        TargetPredictors.load(d)
+
+
+def test_a_domain_added_to_a_long_search_fits_its_benchmark_with_ridge_the_others_with_lightgbm(tmp_path):
+    """A finished 3-domain search of 36 proxies (auto: LightGBM), then a 4th domain: its held-out
+    benchmark has only the 3 cover points, so auto gives it Ridge while the others keep LightGBM."""
+    import json
+
+    from demix.search.files import BestMixture
+
+    run = RunDir(tmp_path / "run")
+    three_domains = ["general", "math", "code"]
+    checkpoints(run, three_domains)
+    config3 = default_config_for(run.root, three_domains)
+    config3.search.rounds = [36]
+    run_search(config3, run, HeldoutScorer(three_domains), {d: TOKENS4[d] for d in three_domains})
+    domains = [*three_domains, "web"]
+    checkpoints(run, domains)
+    config = default_config_for(run.root, domains)
+    config.search.rounds = [12]
+    run_search(config, run, HeldoutScorer(domains), TOKENS4)
+    cv = json.loads(run.round_files(0).cv.read_text())
+    assert cv["benchmarks"]["heldout:web"] == {**cv["benchmarks"]["heldout:web"], "n": 3, "kind": "ridge"}
+    assert cv["capabilities"]["web"]["kind"] == "ridge"
+    assert {cv["benchmarks"][f"heldout:{d}"]["kind"] for d in three_domains} == {"lightgbm"}
+    assert {cv["capabilities"][d]["kind"] for d in three_domains} == {"lightgbm"}
+    assert BestMixture.read(run.best_mixture).predictor.kind == "lightgbm+ridge"
+    # Resumed: the round's fit is read back (per kind), nothing evaluated, the same choice.
+    before = BestMixture.read(run.best_mixture).component_weights
+    again = HeldoutScorer(domains)
+    run_search(config, run, again, TOKENS4)
+    assert again.calls == [] and BestMixture.read(run.best_mixture).component_weights == before

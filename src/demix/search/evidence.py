@@ -22,6 +22,10 @@ fingerprint, computed now over the base and the components of the row's own doma
 same; the search then writes the per-component record into it (:func:`migrate`), so later
 changes are judged per component.
 
+:func:`standing_of_run` (what `demix status` prints) adds, for the search's valid rows, those
+scored under other evaluation or merge settings (by what changed: the search refuses them until
+``--rescore``) and those scored before benchmarks were added (kept).
+
 Hashing reads every byte of a checkpoint once; the hash is cached in the run's
 ``search/checkpoint_hashes.json`` under the files' sizes and modification times, so a resumed
 search reads no weights unless a checkpoint changed.
@@ -42,6 +46,7 @@ from demix.store import Evaluation, Store
 if TYPE_CHECKING:
     from demix.config import RunConfig
     from demix.rundir import RunDir
+    from demix.search.settings import ScoringSettings
 
 log = logging.getLogger("demix.search")
 
@@ -261,12 +266,75 @@ def zero_extended(row: Evaluation, domains: Sequence[str]) -> dict[str, float]:
     return {d: float(row.weights.get(d, 0.0)) for d in domains}
 
 
-def evidence_of_run(run: RunDir, proxy_kind: str) -> tuple[Evidence, int]:
-    """The :class:`Evidence` of a run directory's store under its saved config (``config.yaml``),
-    and how many finished evaluations of ``proxy_kind`` it judged (what `demix status` shows)."""
+@dataclass
+class Standing:
+    """How a run directory's stored merged evaluations stand now (what `demix status` shows):
+    per component (:class:`Evidence`) and, for the search's rows valid for the current
+    components, per scoring setting (:class:`~demix.search.settings.ScoringSettings`)."""
+
+    evidence: Evidence
+    total: int
+    """Finished evaluations judged."""
+    other_settings: dict[tuple[str, ...], int] = field(default_factory=dict)
+    """Settings changes (``key: old -> new``) -> rows scored under them: the search refuses
+    these until ``--rescore`` evaluates them again."""
+    benchmarks_added: dict[tuple[str, ...], int] = field(default_factory=dict)
+    """Benchmarks and capabilities added since -> rows scored before (valid: each predictor is
+    fitted on the rows that have its target)."""
+
+    @property
+    def other_settings_rows(self) -> int:
+        return sum(self.other_settings.values())
+
+    @property
+    def benchmarks_added_rows(self) -> int:
+        return sum(self.benchmarks_added.values())
+
+
+def standing(config: RunConfig, run: RunDir, rows: Sequence[Evaluation]) -> Standing:
+    """The :class:`Standing` of ``rows`` (merged evaluations) under ``config``. Settings are
+    judged as the search judges them: on its own rows (not the fidelity stage's merged proxies)
+    that are valid for the current components (the others are set aside or evaluated again
+    anyway)."""
+    from demix.search.settings import FINGERPRINT_KEY, ScoringSettings, is_search_row
+
+    evidence = Evidence.judge(config, run, rows)
+    out = Standing(evidence, len(rows))
+    scoring = ScoringSettings.of(config)
+    for row in rows:
+        recorded = row.provenance.get(FINGERPRINT_KEY)
+        if not (is_search_row(row) and evidence.is_valid(row)) or recorded is None or recorded == scoring.fingerprint:
+            continue
+        if scoring.only_adds(row):
+            key = tuple(_added(scoring, row))
+            out.benchmarks_added[key] = out.benchmarks_added.get(key, 0) + 1
+        else:
+            key = tuple(scoring.changes(row))
+            out.other_settings[key] = out.other_settings.get(key, 0) + 1
+    return out
+
+
+def _added(scoring: ScoringSettings, row: Evaluation) -> list[str]:
+    """The benchmarks, then the capabilities, of ``scoring`` that ``row``'s record lacks."""
+    from demix.search.settings import BENCHMARKS, CAPABILITIES, VALUES_KEY
+
+    old = row.provenance.get(VALUES_KEY) or {}
+
+    def bench_names(values: Any) -> list[str]:
+        return [str(b.get("name")) for b in values or [] if isinstance(b, Mapping)]
+
+    have = set(bench_names(old.get(BENCHMARKS)))
+    benches = [b for b in bench_names(scoring.values.get(BENCHMARKS)) if b not in have]
+    caps = [f"capability {c}" for c in scoring.values.get(CAPABILITIES) or {} if c not in (old.get(CAPABILITIES) or {})]
+    return benches + caps
+
+
+def standing_of_run(run: RunDir, proxy_kind: str) -> Standing:
+    """The :class:`Standing` of a run directory's store under its saved config (``config.yaml``):
+    what `demix status` shows."""
     from demix.config import load_config
 
     config = load_config(run.config)
     with Store(config.store.url or run.store_url, lease_seconds=config.store.lease_seconds) as store:
         rows = store.evaluations_done(proxy_kind)
-    return Evidence.judge(config, run, rows), len(rows)
+    return standing(config, run, rows)

@@ -4,8 +4,10 @@ the k-fold CV report of each."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,18 +16,98 @@ from demix.config import RunConfig
 from demix.errors import DemixError
 from demix.mixtures import mixtures_to_rows
 from demix.predictors import Predictors, cross_validate, fit_predictors, resolve_kind
-from demix.rundir import RoundFiles
+from demix.rundir import RoundFiles, write_json
 from demix.search.files import Prediction, Predictions
 from demix.search.round_files import CvReport, TargetCv
 from demix.store import Evaluation
+
+#: ``kind`` of a ``predictors.json`` whose targets were fitted with different kinds.
+PER_TARGET = "per_target"
+
+
+@dataclass
+class TargetPredictors:
+    """Fitted predictors of a set of targets, each of the kind its own row count resolved to
+    (``auto``: Ridge for a target fitted on fewer than
+    :data:`~demix.predictors.AUTO_MIN_LIGHTGBM` rows, LightGBM from there on). The same
+    interface as :class:`~demix.predictors.Predictors`, over one of those per kind."""
+
+    parts: dict[str, Predictors]
+    """Concrete kind -> the predictors of the targets fitted with it."""
+    targets: list[str]
+    domains: list[str]
+    n: int
+    """Evaluations the fit saw (a target may have been fitted on fewer: its CV report gives its n)."""
+
+    @property
+    def kinds(self) -> dict[str, str]:
+        """Target -> the concrete kind of its predictor."""
+        return {t: kind for kind, p in self.parts.items() for t in p.targets}
+
+    @property
+    def kind(self) -> str:
+        """The one kind of every target, or the kinds joined by ``+`` where they differ
+        (:attr:`kinds` gives each target's)."""
+        return "+".join(sorted(self.parts)) or "none"
+
+    def predict(self, weights: np.ndarray, targets: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Predicted scores (higher is better) for each row of ``weights`` (n, K)."""
+        wanted = list(self.targets if targets is None else targets)
+        unknown = [t for t in wanted if t not in self.targets]
+        if unknown:
+            raise DemixError(f"no predictor for {unknown}", f"known targets: {self.targets}")
+        kinds = self.kinds
+        out: dict[str, np.ndarray] = {}
+        for kind, part in self.parts.items():
+            mine = [t for t in wanted if kinds[t] == kind]
+            if mine:
+                out.update(part.predict(weights, mine))
+        return {t: out[t] for t in wanted}
+
+    def predict_matrix(self, weights: np.ndarray, targets: Sequence[str]) -> np.ndarray:
+        """Predictions as an (n, len(targets)) array."""
+        pred = self.predict(weights, targets)
+        return np.stack([pred[t] for t in targets], axis=1) if targets else np.zeros((len(weights), 0))
+
+    def save(self, directory: Path) -> None:
+        """One kind: :meth:`Predictors.save` into ``directory`` (the one-kind layout, readable by ``Predictors.load``).
+        Several: each kind's into ``directory/<kind>/``, and ``directory/predictors.json``
+        naming each target's kind."""
+        if len(self.parts) == 1:
+            next(iter(self.parts.values())).save(directory)
+            return
+        for kind, part in self.parts.items():
+            part.save(directory / kind)
+        write_json(directory / "predictors.json", {"kind": PER_TARGET, "kinds": self.kinds, "domains": self.domains,
+                                                   "targets": self.targets, "n": self.n})
+
+    @classmethod
+    def load(cls, directory: Path) -> TargetPredictors:
+        """Read a fit written by :meth:`save` (or by :meth:`Predictors.save`)."""
+        path = Path(directory) / "predictors.json"
+        try:
+            meta = json.loads(path.read_text())
+            per_target = isinstance(meta, dict) and meta.get("kind") == PER_TARGET
+            kinds = sorted(set(meta["kinds"].values())) if per_target else []
+        except (OSError, KeyError, AttributeError, ValueError) as exc:
+            raise DemixError(f"cannot read the predictor fit in '{directory}' ({exc})", "rerun `demix search` to refit") from None
+        if not per_target:
+            return cls.of(Predictors.load(Path(directory)))
+        parts = {k: Predictors.load(Path(directory) / k) for k in kinds}
+        return cls(parts, list(meta["targets"]), list(meta["domains"]), int(meta.get("n", 0)))
+
+    @classmethod
+    def of(cls, predictors: Predictors) -> TargetPredictors:
+        """Predictors of one kind."""
+        return cls({predictors.kind: predictors}, list(predictors.targets), list(predictors.domains), predictors.n)
 
 
 @dataclass
 class Fit:
     """Predictors fitted on the evaluations so far, with their CV reports."""
 
-    capabilities: Predictors
-    benchmarks: Predictors
+    capabilities: TargetPredictors
+    benchmarks: TargetPredictors
     """Fitted on higher-is-better scores: lower-is-better benchmarks are negated."""
     cv: CvReport
 
@@ -61,8 +143,8 @@ class Fit:
     @classmethod
     def read(cls, files: RoundFiles) -> Fit:
         """The fit a finished round wrote (:meth:`write`); a DemixError naming the file when unreadable."""
-        return cls(Predictors.load(files.predictors / "capabilities"), Predictors.load(files.predictors / "benchmarks"),
-                   CvReport.read(files.cv))
+        return cls(TargetPredictors.load(files.predictors / "capabilities"),
+                   TargetPredictors.load(files.predictors / "benchmarks"), CvReport.read(files.cv))
 
 
 def _check_rows(evaluations: Sequence[Evaluation], domains: Sequence[str]) -> None:
@@ -140,21 +222,26 @@ def fit_all(
     Each predictor is fitted (and cross-validated) on the evaluations that have its target: a
     benchmark or capability added since older rows were scored (a domain added, with its
     held-out benchmark) is fitted on the rows scored with it; every other target on all rows.
-    The predictor kind is resolved once, on the smallest of these row counts."""
+    Each target's kind is resolved on its own row count (``auto``: Ridge on the few rows of a
+    benchmark just added, LightGBM on the many of the others), the kind its CV report in
+    ``cv.json`` and ``predictors.json`` record."""
     X, caps, benches = target_data(evaluations, domains, higher_is_better)
-    concrete = resolve_kind(kind, min((len(i) for i, _ in (*caps.values(), *benches.values())), default=X.shape[0]))
 
-    def fit(targets: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> tuple[Predictors, dict[str, TargetCv]]:
+    def fit(targets: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> tuple[TargetPredictors, dict[str, TargetCv]]:
         groups: dict[tuple[int, ...], dict[str, np.ndarray]] = {}
         for t, (idx, y) in targets.items():
             groups.setdefault(tuple(int(i) for i in idx), {})[t] = y
-        models: dict[str, Any] = {}
+        models: dict[str, dict[str, Any]] = {}
         cv: dict[str, TargetCv] = {}
         for group, ys in groups.items():
             rows = X[list(group)]
+            concrete = resolve_kind(kind, len(group))
+            # cross_validate resolves the kind on the same n, so cv.json names the fitted kind.
             cv.update({t: TargetCv.from_dict(r) for t, r in cross_validate(rows, ys, kind, folds, seed).items()})
-            models.update(fit_predictors(rows, ys, concrete, domains, seed).models)
-        return Predictors(concrete, list(domains), list(targets), {t: models[t] for t in targets}, n=X.shape[0]), cv
+            models.setdefault(concrete, {}).update(fit_predictors(rows, ys, concrete, domains, seed).models)
+        parts = {k: Predictors(k, list(domains), [t for t in targets if t in m], m, n=X.shape[0])
+                 for k, m in sorted(models.items())}
+        return TargetPredictors(parts, list(targets), list(domains), X.shape[0]), cv
 
     cap_predictors, cap_cv = fit(caps)
     bench_predictors, bench_cv = fit(benches)
