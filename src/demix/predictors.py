@@ -363,6 +363,11 @@ class Ensemble:
     members: list[Predictors]
     noise_var: dict[str, float]
     level: float = 0.8
+    noise_cov: np.ndarray | None = None
+    """(T, T) in ``targets`` order: the out-of-bag residuals' second moments less the members'
+    mean covariance at the training rows (its diagonal, floored at 0, is ``noise_var``), so the
+    noise of a weighted sum of targets is ``c @ noise_cov @ c`` (:meth:`combination`). None: an
+    ensemble built by hand."""
 
     @property
     def targets(self) -> list[str]:
@@ -388,6 +393,26 @@ class Ensemble:
             out[t] = {"mean": mean, "std": std, "lower": mean - half, "upper": mean + half}
         return out
 
+    def combination(self, weights: np.ndarray, coef: Mapping[str, float]) -> dict[str, np.ndarray]:
+        """``{mean, std, lower, upper}`` per row of ``weights`` for the score ``sum_t coef[t] x
+        target_t`` (the ``weighted`` objective): each member's combination, their mean and
+        spread, and the ``level`` interval of a *measured* combination, whose noise variance is
+        ``c @ noise_cov @ c`` (the targets' noises are correlated: one proxy's held-out losses
+        move together), floored at 0."""
+        from scipy.stats import norm
+
+        names = list(coef)
+        c = np.array([float(coef[t]) for t in names])
+        per_member = self.member_predictions(weights, names) @ c  # (members, n)
+        mean, std = per_member.mean(axis=0), per_member.std(axis=0, ddof=1)
+        if self.noise_cov is not None:
+            idx = [self.targets.index(t) for t in names]
+            noise = max(0.0, float(c @ self.noise_cov[np.ix_(idx, idx)] @ c))
+        else:  # independent noises: the only assumption without the covariance
+            noise = float(sum(ci**2 * self.noise_var[t] for ci, t in zip(c, names)))
+        half = float(norm.ppf(0.5 + self.level / 2)) * np.sqrt(noise + std**2)
+        return {"mean": mean, "std": std, "lower": mean - half, "upper": mean + half}
+
 
 def fit_ensemble(
     X: np.ndarray, Y: Mapping[str, np.ndarray], kind: str = "auto", members: int = 16,
@@ -407,20 +432,26 @@ def fit_ensemble(
     for f in fits:
         f.n = n
     preds = np.stack([f.predict_matrix(X, list(Ys)) for f in fits])  # (members, n, T)
-    noise: dict[str, float] = {}
-    for j, (t, y) in enumerate(Ys.items()):
-        sq, cnt = np.zeros(n), np.zeros(n)
-        oob = np.zeros(n)
-        for b, d in enumerate(draws):
-            out = np.ones(n, dtype=bool)
-            out[d] = False
-            oob[out] += preds[b, out, j]
-            cnt[out] += 1
-        seen = cnt > 0  # a row every member drew (p ~ (1 - e^-1)^members) has no out-of-bag prediction
-        sq = (y[seen] - oob[seen] / cnt[seen]) ** 2
-        spread = preds[:, :, j].var(axis=0, ddof=1)
-        noise[t] = float(max(0.0, sq.mean() - spread.mean())) if seen.any() else float(spread.mean())
-    return Ensemble(fits, noise, level)
+    names = list(Ys)
+    # Out-of-bag prediction of every row: the mean of the members that did not draw it.
+    oob, cnt = np.zeros((n, len(names))), np.zeros(n)
+    for b, d in enumerate(draws):
+        out = np.ones(n, dtype=bool)
+        out[d] = False
+        oob[out] += preds[b, out]
+        cnt[out] += 1
+    seen = cnt > 0  # a row every member drew (p ~ (1 - e^-1)^members) has no out-of-bag prediction
+    Yn = np.stack([Ys[t] for t in names], axis=1)
+    # Second moments of the targets' members: mean over training rows of the members' covariance.
+    centred = preds - preds.mean(axis=0, keepdims=True)
+    spread = np.einsum("bni,bnj->ij", centred, centred) / ((len(fits) - 1) * n)
+    if seen.any():
+        resid = Yn[seen] - oob[seen] / cnt[seen, None]
+        cov = resid.T @ resid / int(seen.sum()) - spread
+    else:
+        cov = spread.copy()
+    noise = {t: float(max(0.0, cov[j, j])) if seen.any() else float(spread[j, j]) for j, t in enumerate(names)}
+    return Ensemble(fits, noise, level, cov)
 
 
 def interval_report(

@@ -204,12 +204,79 @@ def test_refinement_on_a_real_search(refined_search):
           f"({len(steps)} proposals, {ref['stopped']}); gradient {ref['gradient_seconds']:.3f} s")
 
 
-def test_refine_refuses_rank_mean_before_evaluating(tmp_path):
+def test_refine_refuses_constraints_before_evaluating(tmp_path):
     from demix.search import search
     from tiny_run import build_tiny_run
 
     config, run = build_tiny_run(tmp_path / "run", search={"rounds": [4], "pool_size": 500, "top_k": 10,
+                                                          "constraints": ["math >= natural"],
                                                           "refine": {"enabled": True}})
-    with pytest.raises(DemixError, match="objective 'weighted'"):
+    with pytest.raises(DemixError, match="not search.constraints"):
         search(config, run)
     assert not run.store_file.exists() and not run.best_mixture.exists()
+
+
+def test_rank_surrogate_is_smooth_and_tracks_the_exact_rank():
+    from demix.search.surrogate import RankSurrogate
+
+    rng = np.random.default_rng(0)
+    pool = rng.normal(size=(6000, 2)) * [1.0, 0.1]
+    sur = RankSurrogate(pool, ["a", "b"], {"a": 0.5, "b": 0.5})
+    assert sur.points.shape[0] == 4096  # a seeded subsample
+    for row in ({"a": 0.3, "b": -0.05}, {"a": -1.5, "b": 0.12}):
+        assert sur.smooth(row) == pytest.approx(sur.exact(row), abs=0.02)
+    # The chain rule through the kernel density, against a central difference of the surrogate.
+    grads = {"a": np.array([1.0, -2.0, 0.5]), "b": np.array([0.0, 0.3, -0.1])}
+    at = {"a": 0.2, "b": 0.01}
+    g = sur.gradient(at, grads)
+    h = 1e-5
+    for k in range(3):
+        up = {c: at[c] + h * grads[c][k] for c in at}
+        down = {c: at[c] - h * grads[c][k] for c in at}
+        assert g[k] == pytest.approx((sur.smooth(up) - sur.smooth(down)) / (2 * h), rel=1e-4, abs=1e-9)
+
+
+def test_rank_mean_refinement_never_returns_a_worse_measured_objective(tmp_path):
+    """rank_mean is climbed along its surrogate; each proposal is judged by its exact measured
+    rank_mean among the last pool's predicted capabilities, so the result is never worse."""
+    from demix.objectives import rank_mean
+    from demix.search import search
+    from demix.search.round_files import CandidatePool
+    from demix.store import Store
+    from tiny_run import build_tiny_run
+
+    config, run = build_tiny_run(tmp_path / "run", search={
+        "rounds": [6, 3], "pool_size": 2000, "top_k": 50, "cv_folds": 3, "objective": "rank_mean",
+        "bounds": {"upper": {"general": 0.8}}, "refine": {"enabled": True, "steps": 4, "step_size": 0.1}})
+    search(config, run)
+    record = json.loads(run.best_mixture.read_text())
+    ref = record["refinement"]
+    assert ref["objective"] == "rank_mean" and "surrogate" in ref and ref["steps"]
+    assert ref["measured_objective"] >= ref["start"]["measured_objective"]
+    pool = CandidatePool.read(run.round_files(1).pool)
+    domains = config.data.domain_names
+    w = np.full(len(pool.capabilities), 1 / len(pool.capabilities))
+    with Store(run.store_url) as store:
+        for s in ref["steps"]:
+            row = store.get(s["component_weights"])
+            x = np.array([[row.capabilities[c] for c in pool.capabilities]])
+            exact = float(rank_mean(np.vstack([pool.capability_scores, x]), w)[-1])
+            assert s["measured_objective"] == pytest.approx(exact, abs=1e-12)
+    best = max([ref["start"]["measured_objective"]] + [s["measured_objective"] for s in ref["steps"] if s["accepted"]])
+    assert ref["measured_objective"] == best
+    # The chosen mixture's measured rank_mean is the one best_mixture.json's `measured` records.
+    assert record["measured"]["objective"] == pytest.approx(ref["measured_objective"], abs=1e-12)
+    assert set(record["sensitivity"]["scores"]) == {*domains, "objective"}
+
+
+def test_a_refined_search_records_its_chosen_mixture_as_measured(refined_search):
+    """The refinement measures the mixture it chooses: best_mixture.json's ``measured`` is that
+    stored evaluation, beside the single fit's prediction at it."""
+    config, run, first, _ = refined_search
+    record = json.loads(run.best_mixture.read_text())
+    m, ref = record["measured"], record["refinement"]
+    assert m["source"] == "search.refine" and m["mixture_key"] == record["mixture_key"]
+    assert m["objective"] == pytest.approx(ref["measured_objective"], abs=1e-12)
+    predicted = record["predicted"]["capabilities"]
+    assert m["predicted_objective"] == pytest.approx(np.mean([p["value"] for p in predicted.values()]), abs=1e-12)
+    assert m["inside_interval"] is None and "intervals" not in record  # no ensemble in this search

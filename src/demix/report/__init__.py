@@ -7,7 +7,9 @@ the run's files), so the report can be rebuilt at any time (``demix report RUN_D
 - ``best_mixture.json``: the chosen mixture (its data mixture, what to train on, and its
   component weights, the merge coefficients), its predicted scores with CV errors, the natural
   (token-proportional) and uniform baseline mixtures (each shown at its nearest reachable data
-  mixture when no proxy stands for it), and the reachable region;
+  mixture when no proxy stands for it), and the reachable region; where recorded, the
+  ensemble's intervals at the chosen mixture and its measured proxy beside the prediction
+  (:mod:`demix.report.chosen`);
 - the store: every evaluated merged proxy (component weights, measured scores, round);
 - ``search/round_<r>/``: ``cv.json`` (predictor quality per round), ``pool.npz``,
   ``selection.json`` and ``pareto.csv`` of the last round;
@@ -15,7 +17,8 @@ the run's files), so the report can be rebuilt at any time (``demix report RUN_D
   ``fidelity/audit.json`` is used instead when the fidelity stage wrote one);
 - ``fidelity/fidelity.json`` when the fidelity stage ran: its :class:`demix.fidelity.FidelityReport`
   per proxy kind (proxy vs reference scores per capability) and its summary rows (macro rho and
-  FLOPs per proxy kind, for rho vs compute);
+  FLOPs per proxy kind, for rho vs compute), and ``fidelity/scores.json`` with the last round's
+  predictors: whether the search's objective ranks the reference models as they measure;
 - ``timings.json``: stage wall times.
 
 Predicted-vs-measured scatter plots use out-of-fold predictions (each proxy predicted by a
@@ -25,7 +28,8 @@ of ``cv.json``.
 
 Modules: :mod:`~demix.report.data` (reading), :mod:`~demix.report.figures` (the figures in
 order; drawn by :mod:`~demix.report.figures_search` and :mod:`~demix.report.figures_fidelity`),
-:mod:`~demix.report.tables` (table rows), :mod:`~demix.report.render` (HTML and Markdown).
+:mod:`~demix.report.tables` (table rows), :mod:`~demix.report.chosen` (the chosen mixture's
+check), :mod:`~demix.report.render` (HTML and Markdown).
 """
 
 from __future__ import annotations

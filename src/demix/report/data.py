@@ -24,7 +24,8 @@ from demix.search.round_files import CandidatePool, CvReport, ParetoFront, Selec
 
 if TYPE_CHECKING:  # imported where read: demix.fidelity pulls in scipy
     from demix.fidelity.audit_report import AuditReport
-    from demix.fidelity.files import FidelityResults
+    from demix.fidelity.files import FidelityResults, FidelityScores
+    from demix.search.fitting import TargetPredictors
 
 log = logging.getLogger("demix.report")
 T = TypeVar("T")
@@ -68,6 +69,10 @@ class RunData:
     """``fidelity/fidelity.json``; None when the fidelity stage has not run."""
     pareto_over: int | None = None
     """Candidates (best-ranked first) the Pareto front was computed over (selection.json)."""
+    fidelity_scores: FidelityScores | None = None
+    """``fidelity/scores.json`` (every model's scores per reference mixture); None when absent."""
+    last_predictors: TargetPredictors | None = None
+    """The last round's capability predictors (``predictors/capabilities``); None when absent."""
 
     @property
     def domains(self) -> list[str]:
@@ -229,6 +234,35 @@ def _read_fidelity(run: RunDir) -> FidelityResults | None:
         return None
 
 
+def _read_fidelity_scores(run: RunDir) -> FidelityScores | None:
+    """``fidelity/scores.json``; None when absent (or, with a warning, unreadable)."""
+    from demix.fidelity.files import FidelityScores
+
+    path = run.fidelity_files.scores
+    if not path.is_file():
+        return None
+    try:
+        return FidelityScores.read(path)
+    except DemixError as exc:
+        log.warning("report: %s; the reference check of the chosen mixture is left out", exc.what)
+        return None
+
+
+def _read_last_predictors(run: RunDir, last: int) -> TargetPredictors | None:
+    """Round ``last``'s capability predictors (one kind, or one per target after a domain was
+    added); None (with a warning) when they cannot be read."""
+    from demix.search.fitting import TargetPredictors
+
+    path = run.round_files(last).predictors / "capabilities"
+    if not (path / "predictors.json").is_file():
+        return None
+    try:
+        return TargetPredictors.load(path)
+    except DemixError as exc:
+        log.warning("report: %s; the reference check of the chosen mixture is left out", exc.what)
+        return None
+
+
 def _stage_times(run: RunDir) -> list[StageTime]:
     """Each stage's time in the latest invocation that ran it (not skipped), first-run order."""
     latest: dict[str, StageTime] = {}
@@ -265,8 +299,11 @@ def load_run(run: RunDir, config: RunConfig | None = None) -> RunData:
     if cv_rounds:
         pool, pareto, pareto_over = _read_last_round(run, len(cv_rounds) - 1)
     audit, audit_error = _read_audit(config, run)
+    fidelity = _read_fidelity(run)
+    scores = _read_fidelity_scores(run) if run.fidelity_files.scores.is_file() else None
+    predictors = _read_last_predictors(run, len(cv_rounds) - 1) if scores is not None and cv_rounds else None
     return RunData(run, config, best, evaluations, cv_rounds, pool, pareto, _stage_times(run), audit, audit_error,
-                   _read_fidelity(run), pareto_over)
+                   fidelity, pareto_over, scores, predictors)
 
 
 def out_of_fold(data: RunData) -> dict[str, dict[str, Any]]:

@@ -7,6 +7,7 @@ import base64
 import html
 from pathlib import Path
 
+from demix.report.chosen import chosen_check_rows, chosen_check_text, reference_agreement_text
 from demix.report.data import RunData
 from demix.report.plotting import Figure
 from demix.report.tables import (
@@ -51,7 +52,12 @@ def _chosen_section(data: RunData, figures: dict[str, Figure]) -> Section:
     if objective.constraints:
         intro += f" Constraints: {', '.join(objective.constraints)}."
     intro += " " + " ".join(mixture_notes(data.best))
-    return "Chosen mixture", intro, [summary_rows(data), plan_rows(data), figures.get("weights")]
+    # Predicted against measured (and against the reference models, where the fidelity stage has them).
+    intro += " " + chosen_check_text(data)
+    agreement = reference_agreement_text(data)
+    if agreement:
+        intro += " " + agreement
+    return "Chosen mixture", intro, [summary_rows(data), chosen_check_rows(data), plan_rows(data), figures.get("weights")]
 
 
 def _audit_section(data: RunData) -> Section:

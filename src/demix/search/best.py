@@ -163,6 +163,10 @@ def search_is_complete(config: RunConfig, run: RunDir) -> bool:
         and best.settings in (None, ScoringSettings.of(config).fingerprint)
         # search.refine on: refined with these refine settings (off: a refined file is complete too).
         and (not s.refine.enabled or (best.refinement or {}).get("settings") == s.refine.model_dump(mode="json"))
+        # The chosen mixture's intervals and measured proxy, where the config asks for them.
+        and (not s.predictor_intervals or (best.intervals is not None and best.intervals.members == s.predictor_intervals
+                                           and best.intervals.level == s.interval_level))
+        and (not s.measure_chosen or best.measured is not None)
     )
 
 

@@ -218,6 +218,103 @@ class RoundSummary:
 
 
 @dataclass
+class Interval:
+    """The bootstrap ensemble's prediction of one score at the chosen mixture."""
+
+    mean: float
+    """The members' mean."""
+    std: float
+    """The members' spread (standard deviation)."""
+    lower: float
+    upper: float
+    """The ``level`` interval of a measured score (:class:`demix.predictors.Ensemble`)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std, "lower": self.lower, "upper": self.upper}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Interval:
+        lo, hi = json_number(d["lower"], "an interval's lower end"), json_number(d["upper"], "an interval's upper end")
+        if lo > hi:
+            raise ValueError(f"an interval's lower end {lo} is above its upper end {hi}")
+        return cls(json_number(d["mean"], "an interval's mean"), json_number(d["std"], "an interval's std"), lo, hi)
+
+
+@dataclass
+class ChosenIntervals:
+    """``intervals``: the bootstrap ensemble (``search.predictor_intervals``) at the chosen
+    component weights, fitted on the last round's evaluations as the rounds' ensembles are."""
+
+    level: float
+    """Nominal two-sided coverage (``search.interval_level``)."""
+    members: int
+    n: int
+    """Evaluations the members were resampled from."""
+    kind: str
+    """Predictor kind of the members."""
+    capabilities: dict[str, Interval]
+    objective: Interval
+    objective_kind: str
+    objective_includes_noise: bool
+    """True (``weighted``): the interval is of a measured objective (members' spread and the
+    out-of-bag noise of the weighted sum). False (``rank_mean``, ranks within the pool): the
+    members' spread alone, ``mean +- z x std``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"level": self.level, "members": self.members, "n": self.n, "kind": self.kind,
+                "capabilities": {c: i.to_dict() for c, i in self.capabilities.items()},
+                "objective": {"kind": self.objective_kind, **self.objective.to_dict(),
+                              "includes_noise": self.objective_includes_noise}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ChosenIntervals:
+        level = json_number(d["level"], "intervals.level")
+        if not 0 < level < 1:
+            raise ValueError(f"intervals.level is {level}, not in (0, 1)")
+        obj = d["objective"]
+        return cls(level, json_number(d["members"], "intervals.members"), json_number(d["n"], "intervals.n"),
+                   str(d["kind"]), {c: Interval.from_dict(i) for c, i in d["capabilities"].items()},
+                   Interval.from_dict(obj), str(obj["kind"]), bool(obj["includes_noise"]))
+
+
+@dataclass
+class MeasuredChoice:
+    """``measured``: the chosen mixture's merged proxy as evaluated and stored, beside what the
+    predictors said of it (a gap is the predictor overfitting the proxies)."""
+
+    mixture_key: str
+    source: str
+    """Why it was measured: ``search.measure_chosen``, ``search.refine`` (the refinement
+    evaluated it) or ``store`` (the store held it already)."""
+    capabilities: dict[str, float]
+    benchmarks: dict[str, float]
+    """Raw units, as stored."""
+    objective: float
+    """The objective of the measured capabilities (``rank_mean``: their percentile ranks among
+    the last pool's predicted capabilities, as a candidate's objective is computed)."""
+    predicted_objective: float
+    """The single fit's objective at the chosen mixture (the same way)."""
+    objective_kind: str
+    inside_interval: dict[str, bool] | None = None
+    """Per capability and ``objective``: the measured value lies in the predicted interval
+    (None: no ensemble, search.predictor_intervals 0)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mixture_key": self.mixture_key, "source": self.source, "capabilities": self.capabilities,
+                "benchmarks": self.benchmarks, "objective_kind": self.objective_kind, "objective": self.objective,
+                "predicted_objective": self.predicted_objective, "inside_interval": self.inside_interval}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MeasuredChoice:
+        inside = d.get("inside_interval")
+        return cls(str(d["mixture_key"]), str(d["source"]), json_numbers(d["capabilities"], "measured.capabilities"),
+                   json_numbers(d.get("benchmarks") or {}, "measured.benchmarks"),
+                   json_number(d["objective"], "measured.objective"),
+                   json_number(d["predicted_objective"], "measured.predicted_objective"), str(d["objective_kind"]),
+                   None if inside is None else {str(k): bool(v) for k, v in inside.items()})
+
+
+@dataclass
 class BestMixture:
     """``best_mixture.json``: the chosen mixture and what it rests on.
 
@@ -265,6 +362,12 @@ class BestMixture:
     sensitivity: dict[str, Any] | None = None
     """Per capability (and ``objective``), the score's change per +0.01 of each domain's data
     share at the chosen mixture, from exact gradients through the merge (None: not computed)."""
+    intervals: ChosenIntervals | None = None
+    """The bootstrap ensemble's intervals at the chosen mixture (None: search.predictor_intervals
+    is 0, or a file written before they were recorded)."""
+    measured: MeasuredChoice | None = None
+    """The chosen mixture's measured proxy beside its prediction (None: not measured, see
+    search.measure_chosen, or a file written before it was recorded)."""
     legacy: bool = False
     """Read from a file of demix < 0.2 (its ``weights`` were component weights)."""
     path: Path | None = None
@@ -334,6 +437,11 @@ class BestMixture:
         for name in ("refinement", "sensitivity"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
+        # Later fields: written only when set, so a file without them reads as it always did.
+        if self.intervals is not None:
+            out["intervals"] = self.intervals.to_dict()
+        if self.measured is not None:
+            out["measured"] = self.measured.to_dict()
         return out
 
     @classmethod
@@ -366,6 +474,8 @@ class BestMixture:
             settings=d.get("settings"),
             refinement=opt("refinement", dict),
             sensitivity=opt("sensitivity", dict),
+            intervals=opt("intervals", ChosenIntervals.from_dict),
+            measured=opt("measured", MeasuredChoice.from_dict),
             legacy=legacy,
         )
 

@@ -54,6 +54,7 @@ from demix.rundir import RoundFiles, RunDir, read_document_counts
 from demix.sampling import Bounds, resolve_bounds, sample_mixtures
 from demix.search.acquisition import fit_capability_ensemble, objective_spread
 from demix.search.best import best_mixture
+from demix.search.chosen import record_chosen
 from demix.search.evidence import CHECKPOINTS_KEY, Evidence, migrate
 from demix.search.files import BestMixture, RoundSummary
 from demix.search.fitting import Fit, fit_all, resolve_directions
@@ -299,6 +300,12 @@ class _Rounds:
         items = ((i, {d: float(e.weights.get(d, 0.0)) for d in self.domains}) for i, e in enumerate(stale))
         self.executor.evaluate(items, replace)
 
+    def fitted_evaluations(self) -> list[Evaluation]:
+        """The stored evaluations of the mixtures planned so far, in plan order: what the last
+        round was fitted on (the chosen mixture's intervals are fitted on them too)."""
+        stored = {e.mixture_key: e for e in self.store.evaluations_done(self.proxy_kind)}
+        return [stored[k] for k in self.planned_keys if k in stored]
+
     def read_finished(self, r: int, planned: int, files: RoundFiles) -> bool:
         """Read a finished round's fit and ranking back from its files; False (the round is then
         fitted and ranked) when they are incomplete, unreadable or made under other settings."""
@@ -433,6 +440,8 @@ def run_search(
                             rounds.scoring.fingerprint, mapping)
         if s.refine.enabled:
             best = refine_best(config, run, rounds, best, executor, token_counts, documents, fingerprint, mapping)
+        # Intervals at the chosen mixture, and its measured proxy beside the prediction.
+        best = record_chosen(config, rounds, best)
         best.write(run.best_mixture)
         best.path = run.best_mixture  # as if read back: errors about it name the file
     finally:

@@ -1,8 +1,9 @@
 """Gradient refinement of the chosen mixture (``search.refine``) and per-domain sensitivity.
 
 After the last round the chosen component weights (the top-k mean) are refined by projected
-gradient ascent of the ``weighted`` objective ``J(a) = sum_c w_c capability_c(a)``, with exact
-gradients through the merge (:mod:`demix.evaluation.gradient`: ``dJ/da_i = <grad J, delta_i>``).
+gradient ascent of the objective (``weighted``: ``J(a) = sum_c w_c capability_c(a)``;
+``rank_mean`` through a smooth surrogate, below), with exact gradients through the merge
+(:mod:`demix.evaluation.gradient`: ``dJ/da_i = <grad J, delta_i>``).
 
 The method, step by step (``s`` the step length, ``search.refine.step_size`` at the start):
 
@@ -26,10 +27,16 @@ falls below ``search.refine.min_step``, or when the projected move is shorter th
 (the mixture is stationary on the bounded simplex), whichever comes first. The result is never
 worse, by measurement, than the start: the chosen mixture is replaced only by an accepted step.
 
-The ``rank_mean`` objective (percentile ranks within a pool) is piecewise constant in ``a``: it
-has no gradient, and no smooth surrogate is offered here; refinement refuses it with the fix
-(``search.objective: weighted``). Capabilities made of lm-eval benchmarks (accuracies) are not
-differentiated either: refinement refuses an objective that gives one positive weight.
+The ``rank_mean`` objective (percentile ranks within a pool) is piecewise constant in ``a``, so
+it is refined through a smooth surrogate (:class:`demix.search.surrogate.RankSurrogate`): each capability's empirical
+CDF over the last pool's predicted scores is replaced by a Gaussian-kernel CDF ``F_c`` (Silverman
+bandwidth), and the ascent direction is the gradient of ``sum_c w_c F_c(capability_c(a))``,
+``sum_c w_c f_c(capability_c(a)) d capability_c / d a`` (``f_c`` the kernel density). What a
+proposal is judged by stays exact: its *measured* ``rank_mean``, the percentile ranks of its
+measured capabilities among the pool's predicted ones (the row appended to the pool, as
+:mod:`demix.search.chosen` computes a measured ``rank_mean``). So the result is never worse, by
+that measurement, than the start. Capabilities made of lm-eval benchmarks (accuracies) are not
+differentiated: refinement refuses an objective that gives one positive weight.
 """
 
 from __future__ import annotations
@@ -116,20 +123,14 @@ def pull_back(start: np.ndarray, target: np.ndarray, bounds: Bounds) -> np.ndarr
 
 
 def check_refine(config: RunConfig) -> None:
-    """Refuse, before anything is evaluated, a ``search.refine`` that cannot run: the objective
-    is ``rank_mean`` (no gradient), ``search.constraints`` are set (refinement keeps bounds, not
-    constraints on capabilities), the merge is not linear, or a capability with positive weight
-    holds an lm-eval benchmark."""
+    """Refuse, before anything is evaluated, a ``search.refine`` that cannot run:
+    ``search.constraints`` are set (refinement keeps bounds, not constraints on capabilities),
+    the merge is not linear, or a capability with positive weight holds an lm-eval benchmark.
+    (``rank_mean`` is refined through its smooth surrogate, :mod:`demix.search.surrogate`.)"""
     s = config.search
     if not s.refine.enabled:
         return
     off = "or turn it off (search.refine.enabled: false)"
-    if s.objective != "weighted":
-        raise DemixError(
-            f"search.refine needs search.objective 'weighted': '{s.objective}' ranks candidates within a pool, which "
-            "has no gradient in the mixture",
-            f"set search.objective: weighted (with search.capability_weights), {off}",
-        )
     if s.constraints:
         raise DemixError(
             "search.refine keeps search.bounds exactly but not search.constraints",
@@ -286,19 +287,30 @@ def run_refinement(
     evaluate: Callable[[list[dict[str, float]]], None],
     lookup: Callable[[dict[str, float]], Any],
     capabilities: Sequence[str],
+    pool: tuple[np.ndarray, Sequence[str]] | None = None,
 ) -> tuple[RefineResult, dict[str, Any]]:
     """Refine the search's chosen mixture; returns the ascent and the record for
     ``best_mixture.json`` (``refinement`` and ``sensitivity`` at the mixture finally chosen).
 
     ``gradients(mixture)`` is a :class:`demix.evaluation.gradient.ScoreGradient` of the mixture's
     proxy; ``evaluate(mixtures)`` evaluates and commits them to the store (skipping stored ones);
-    ``lookup(mixture)`` is the stored evaluation (``.capabilities``)."""
+    ``lookup(mixture)`` is the stored evaluation (``.capabilities``). ``pool``: the last round's
+    predicted capabilities (n, C) and their names, which ``rank_mean`` is measured against (and
+    its surrogate built on); needed for ``rank_mean`` only."""
     from demix.objectives import capability_weights
+    from demix.search.surrogate import RankSurrogate
 
     s = config.search
     r = s.refine
     domains = config.data.domain_names
     cw = dict(zip(capabilities, map(float, capability_weights(capabilities, s.capability_weights))))
+    surrogate: RankSurrogate | None = None
+    if s.objective == "rank_mean":
+        if pool is None:
+            raise DemixError("refining the rank_mean objective needs the last round's pool", "report this as a demix bug")
+        names = list(pool[1])
+        pool_w = dict(zip(names, map(float, capability_weights(names, s.capability_weights))))
+        surrogate = RankSurrogate(pool[0], names, pool_w, s.seed)
     cache: dict[bytes, Any] = {}
 
     def as_mixture(a: np.ndarray) -> dict[str, float]:
@@ -310,9 +322,13 @@ def run_refinement(
             cache[key] = gradients(as_mixture(a))
         return cache[key]
 
-    def gradient(a: np.ndarray) -> np.ndarray:
-        g = grad_of(a)
+    def objective_gradient(g: Any) -> np.ndarray:
+        if surrogate is not None:
+            return surrogate.gradient(g.capability_scores, g.capabilities)
         return sum((w * np.asarray(g.capabilities[c]) for c, w in cw.items() if w > 0), np.zeros(len(domains)))
+
+    def gradient(a: np.ndarray) -> np.ndarray:
+        return objective_gradient(grad_of(a))
 
     measured: dict[bytes, dict[str, float]] = {}
 
@@ -323,16 +339,21 @@ def run_refinement(
         if row is None:
             raise DemixError("a refined mixture was evaluated but is not in the store", "run the search again")
         measured[a.tobytes()] = dict(row.capabilities)
-        return objective_of(row.capabilities, cw)
+        return surrogate.exact(row.capabilities) if surrogate is not None else objective_of(row.capabilities, cw)
 
     result = refine(start, gradient, measure, bounds, r.steps, r.step_size, r.min_step)
     at = grad_of(result.best)
     cap_grads = {c: np.asarray(v) for c, v in at.capabilities.items()}
-    obj_grad = sum((w * cap_grads[c] for c, w in cw.items() if w > 0), np.zeros(len(domains)))
+    obj_grad = objective_gradient(at)  # rank_mean: the surrogate's (the exact objective has none)
     sens = sensitivity(result.best, {**cap_grads, "objective": obj_grad}, mapping)
     record = {
         "refinement": {
-            "objective": "weighted",
+            "objective": s.objective,
+            **({"surrogate": (
+                "rank_mean: ascent along the gradient of sum_c w_c F_c(capability_c), F_c a Gaussian-kernel CDF of "
+                "the last pool's predicted capability c; each proposal judged by its exact measured rank_mean "
+                "(percentile ranks of its measured capabilities among the pool's predictions)"
+            )} if surrogate is not None else {}),
             "capability_weights": cw,
             "start": {
                 "component_weights": as_mixture(result.start),
@@ -414,7 +435,9 @@ def refine_best(
         return rounds.store.get(m, rounds.proxy_kind)
 
     start = np.asarray(rounds.ranking.mean, dtype=np.float64)
-    result, record = run_refinement(config, start, rounds.bounds, mapping, gradients, evaluate, lookup, capabilities)
+    pool = (rounds.ranking.capability_scores, rounds.ranking.capabilities)
+    result, record = run_refinement(config, start, rounds.bounds, mapping, gradients, evaluate, lookup, capabilities,
+                                    pool)
     log.info("refinement: measured objective %.6g -> %.6g in %d proposal(s) (%s)", result.start_objective,
              result.best_objective, len(result.steps), result.stopped)
     if result.best_objective > result.start_objective:

@@ -170,15 +170,16 @@ def ranking_fingerprint(
     config: RunConfig, token_counts: Mapping[str, float] | None, mapping: MixtureMap | None = None
 ) -> str:
     """The search settings a round's fit and ranking depend on: ``search.*`` except ``rounds``
-    (each round's size is checked against its ``planned.json``) and ``refine`` (after the last
-    round), the domains and their token
+    (each round's size is checked against its ``planned.json``), ``refine`` and
+    ``measure_chosen`` (after the last round), the domains and their token
     counts (bounds, prior, the natural mixture), and the matrix of ``mapping`` (each component's
     training mixture) where the ranking reads it (:func:`ranking_reads_mapping`): changing a
     declared training mixture then ranks the finished rounds again. Where it does not, the
     fingerprint is the one demix < 0.2 recorded, so a search of demix 0.1 reads its finished
     rounds back (they rank the same component weights)."""
-    # refine acts after the last round: it changes no round's fit or ranking.
-    search = {k: v for k, v in config.search.model_dump(mode="json").items() if k not in ("rounds", "refine")}
+    # refine and measure_chosen act after the last round: they change no round's fit or ranking.
+    search = {k: v for k, v in config.search.model_dump(mode="json").items()
+              if k not in ("rounds", "refine", "measure_chosen")}
     # Keys added since demix 0.2 count only when set, so a search made before them keeps its rounds.
     for k, default in _LATER_DEFAULTS.items():
         if search.get(k) == default:
