@@ -103,6 +103,7 @@ def main() -> None:
     final_scores = phase("final models", train_finals)
 
     print_fidelity(result, config)
+    print_groups(result)
     print_audit(result)
     rank_obj, mean_obj = print_finals(config, run, finals, final_scores)
     print_targets(result, rank_obj, mean_obj)
@@ -117,6 +118,10 @@ def main() -> None:
         "summary": [row.to_dict() for row in result.summary],
         "mixtures": [m.to_dict() for m in result.mixtures],
         "merged_report": result.reports[MERGED].to_dict(),
+        "groups": result.groups,
+        "group_differences": {k: {g: st.to_dict() for g, st in per.items()} for k, per in result.group_differences.items()},
+        "baselines": {k: r.to_dict() for k, r in result.baselines.items()},
+        "rules": result.rules,
     }
     write_json(run.fidelity / "benchmark.json", nan_to_none(record))
     write_json(run.fidelity / f"benchmark-{pairing}.json", nan_to_none(record))
@@ -133,7 +138,8 @@ def print_pairings(run) -> None:
     if not all(path.is_file() for path in paths.values()):
         return
     reps = {p: FidelityReport.from_dict(read_json(path)["merged_report"]) for p, path in paths.items()}
-    caps = [n for n, t in reps[DATA_MIXTURE].targets.items() if t.capability]
+    # Capabilities both runs scored (the benchmark set may have changed between them).
+    caps = [n for n, t in reps[DATA_MIXTURE].targets.items() if t.capability and n in reps[COMPONENT_WEIGHTS].targets]
     print()
     print("Merged proxies against reference models trained on data(a) (pairing data_mixture) and on a "
           "(pairing component_weights)")
@@ -231,6 +237,46 @@ def print_fidelity(result, config) -> None:
           f"{next(iter(result.reports.values())).macro['top_spearman'].n} points; CRR on 2**-bits-per-byte)")
 
 
+def print_groups(result) -> None:
+    """Macro rho per target group (own: a training domain's held-out loss; transfer: the rest), with
+    merged minus each proxy kind and no-model baseline over the group (paired bootstrap), the
+    transfer targets one by one, and the compute multiple at which trained proxies catch up."""
+    from demix.fidelity.compute import approach_of
+    from demix.proxy_kind import MERGED
+
+    if not result.groups:
+        return
+    budgets = {b["approach"]: b for b in result.compute["budgets"]}
+    demix_flops = budgets[approach_of(MERGED)]["flops"]
+    groups = list(result.groups)
+    transfer = result.groups.get("transfer", [])
+    print()
+    print("By target group: " + "; ".join(f"{g}: {', '.join(c)}" for g, c in result.groups.items()))
+    head = ("| proxies | vs DeMix | " + " | ".join(f"macro rho {g} [CI] | merged - this ({g})" for g in groups)
+            + "".join(f" | rho {c}" for c in transfer) + " |")
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    kinds = {**result.reports, **result.baselines}
+    for kind, rep in kinds.items():
+        ratio = (f"{budgets[approach_of(kind)]['flops'] / demix_flops:.2f}x" if kind in result.reports else "0 (no model)")
+        cells = []
+        for g in groups:
+            gm = rep.group_macro.get(g)
+            diff = result.group_differences.get(kind, {}).get(g)
+            cells.append(f"{fmt_stat(gm['spearman']) if gm else '-'} | {fmt_stat(diff) if diff is not None else '-'}")
+        per = "".join(f" | {fmt_stat(rep.targets[c].spearman) if c in rep.targets else '-'}" for c in transfer)
+        print(f"| {kind.replace('_', ' ')} | {ratio} | " + " | ".join(cells) + per + " |")
+    for g in groups:
+        catch = [k for k in result.reports if k != MERGED and g in result.group_differences.get(k, {})
+                 and result.group_differences[k][g].defined and result.group_differences[k][g].value <= 0]
+        costs = sorted((budgets[approach_of(k)]["flops"] / demix_flops, k) for k in catch)
+        print(f"{g} targets: trained proxies catch up with merged (point estimate of merged - this <= 0) from "
+              + (f"{costs[0][1]} ({costs[0][0]:.2f}x DeMix's compute)" if costs else "none of the budgets measured"))
+    if result.rules:
+        print("linear rule chosen most often: " + "; ".join(f"{t} {r}" for t, r in result.rules.items()
+                                                             if not t.startswith("benchmark:")))
+
+
 def print_audit(result) -> None:
     print()
     print("Audit warnings:" if result.audit.warnings() else "Audit: no warnings")
@@ -264,6 +310,9 @@ def print_finals(config, run, finals, final_scores):
         pool = [e for e in store.evaluations_done(REFERENCE) if e.mixture_key not in final_keys]
     bench_order = resolve_benchmarks(config)
     caps_all = [c.name for c in resolve_capabilities(config, bench_order)]
+    # Reference rows scored on another benchmark set (left from an earlier pairing or benchmark
+    # set, not re-evaluated by this fidelity stage) cannot be ranked on these capabilities.
+    pool = [e for e in pool if all(c in e.capabilities for c in caps_all)]
     pool_scores = np.array([[e.capabilities[c] for c in caps_all] for e in pool])
     final_rows = np.array([[final_scores[n].capabilities[c] for c in caps_all] for n in finals])
     both = np.vstack([pool_scores, final_rows])

@@ -66,7 +66,7 @@ def test_fidelity_json_round_trips_in_the_documented_layout(tmp_path):
     results.write(path)
     raw = json.loads(path.read_text())
     assert list(raw) == ["version", "pairing", "mapping", "mixtures", "proxy_kinds", "reports", "baselines", "summary",
-                         "audit_warnings", "notes"]
+                         "audit_warnings", "notes", "groups", "rules"]
     assert raw["version"] == 2 and raw["proxy_kinds"] == [MERGED, trained(256)] and raw["pairing"] == "data_mixture"
     m0 = mixtures[0]
     assert raw["mixtures"][0] == {"key": m0.key, "data_key": mixture_key(m0.data_mixture), "source": "given",

@@ -202,10 +202,14 @@ class SummaryRow:
     """Capability -> {spearman, crr}."""
     merged_minus_this: Statistic | None = None
     """Trained kinds only: macro rho of merged proxies minus this kind's, paired bootstrap interval."""
+    groups: dict[str, dict[str, Statistic]] = field(default_factory=dict)
+    """Target group (own, transfer) -> ``spearman`` (the group's macro rho) and, for trained kinds,
+    ``merged_minus_this`` over the group's capabilities."""
 
     @classmethod
     def of(
-        cls, kind: str, report: FidelityReport, budget: Mapping[str, Any], difference: Statistic | None = None
+        cls, kind: str, report: FidelityReport, budget: Mapping[str, Any], difference: Statistic | None = None,
+        group_differences: Mapping[str, Statistic] | None = None,
     ) -> SummaryRow:
         """The row of proxies ``kind`` from their report and the budget (a ``ComputeBudget`` dict) of its approach."""
         return cls(
@@ -214,6 +218,10 @@ class SummaryRow:
             per_capability={name: {"spearman": t.spearman, "crr": t.crr}
                             for name, t in report.targets.items() if t.capability},
             merged_minus_this=difference,
+            groups={g: {"spearman": m["spearman"],
+                        **({"merged_minus_this": group_differences[g]} if group_differences and g in group_differences
+                           else {})}
+                    for g, m in report.group_macro.items()},
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -227,6 +235,7 @@ class SummaryRow:
             row["merged_minus_this"] = self.merged_minus_this.to_dict()
         row["per_capability"] = {name: {s: st.to_dict() for s, st in per.items()}
                                  for name, per in self.per_capability.items()}
+        row["groups"] = {g: {s: st.to_dict() for s, st in per.items()} for g, per in self.groups.items()}
         return row
 
     @classmethod
@@ -239,6 +248,7 @@ class SummaryRow:
             per_capability={name: {s: Statistic.from_dict(st) for s, st in per.items()}
                             for name, per in data["per_capability"].items()},
             merged_minus_this=Statistic.from_dict(diff) if diff is not None else None,
+            groups={g: {s: Statistic.from_dict(st) for s, st in per.items()} for g, per in data.get("groups", {}).items()},
         )
 
 
@@ -264,6 +274,10 @@ class FidelityResults:
     mapping: dict[str, Any] = field(default_factory=dict)
     """The run's map from component weights to data mixtures
     (:meth:`demix.data_mixture.MixtureMap.to_dict`; empty in format 1 files)."""
+    groups: dict[str, list[str]] = field(default_factory=dict)
+    """Target group (own: a training domain's held-out loss; transfer: the others) -> capabilities."""
+    rules: dict[str, str] = field(default_factory=dict)
+    """Target -> the single linear rule of the ``linear_rule`` baseline chosen most often."""
     version: int = FORMAT_VERSION
 
     @property
@@ -292,6 +306,8 @@ class FidelityResults:
             "summary": [r.to_dict() for r in self.summary],
             "audit_warnings": [w.to_dict() for w in self.audit_warnings],
             "notes": list(self.notes),
+            "groups": {g: list(n) for g, n in self.groups.items()},
+            "rules": dict(self.rules),
         }
 
     @classmethod
@@ -305,6 +321,8 @@ class FidelityResults:
             notes=[str(n) for n in data.get("notes", [])],
             pairing=_pairing(data),
             mapping=dict(data.get("mapping", {})),
+            groups={str(g): [str(n) for n in names] for g, names in data.get("groups", {}).items()},
+            rules={str(k): str(v) for k, v in data.get("rules", {}).items()},
             # Read by migration: in memory (and when written again) it is the current format.
             version=FORMAT_VERSION,
         )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,10 @@ class FidelityReport:
     targets: dict[str, TargetFidelity]
     macro: dict[str, Statistic]
     """Statistic name -> its mean over the capabilities where it is defined."""
+    group_macro: dict[str, dict[str, Statistic]] = field(default_factory=dict)
+    """Group of capabilities (``own``: a training domain's held-out loss; ``transfer``: the
+    others, see :func:`demix.fidelity.targets.target_groups`) -> statistic -> its mean over the
+    group's capabilities in this report. Empty when the report was made without groups."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -108,6 +112,7 @@ class FidelityReport:
             "top_fraction": self.top_fraction,
             "targets": {k: t.to_dict() for k, t in self.targets.items()},
             "macro": {k: s.to_dict() for k, s in self.macro.items()},
+            "group_macro": {g: {k: s.to_dict() for k, s in m.items()} for g, m in self.group_macro.items()},
         }
 
     def to_json(self) -> str:
@@ -119,6 +124,8 @@ class FidelityReport:
         kw = dict(data)
         kw["targets"] = {k: TargetFidelity.from_dict(v) for k, v in kw["targets"].items()}
         kw["macro"] = {k: Statistic.from_dict(v) for k, v in kw["macro"].items()}
+        kw["group_macro"] = {g: {k: Statistic.from_dict(v) for k, v in m.items()}
+                             for g, m in kw.get("group_macro", {}).items()}
         return cls(**kw)
 
     def save(self, path: str | Path) -> None:
@@ -149,6 +156,8 @@ class FidelityReport:
             label = name + (" *" if t.capability else "")
             lines.append(f"{label:<18} {len(t.scores):>3}  " + "  ".join(f"{cell(t.statistic(s)):<28}" for s in STATISTICS))
         lines.append(f"{'macro (caps)':<18} {len(self.mixtures):>3}  " + "  ".join(f"{cell(self.macro[s]):<28}" for s in STATISTICS))
+        for group, m in self.group_macro.items():
+            lines.append(f"{'macro ' + group:<18} {len(self.mixtures):>3}  " + "  ".join(f"{cell(m[s]):<28}" for s in STATISTICS))
         lines.append("* capability (in the macro average)")
         return "\n".join(lines)
 
@@ -220,6 +229,7 @@ def compare(
     seed: int = 0,
     confidence: float = 0.95,
     top_fraction: float = 0.25,
+    groups: Mapping[str, Sequence[str]] | None = None,
 ) -> FidelityReport:
     """Compare proxy scores against reference scores, per target and macro over capabilities.
 
@@ -234,6 +244,8 @@ def compare(
         seed: seed of the resampling.
         confidence: two-sided level of the percentile intervals.
         top_fraction: share of mixtures (best by reference score) for ``top_spearman``.
+        groups: group name -> capability names: a macro average per group (``group_macro``),
+            over the group's capabilities among the targets (a group with none is left out).
 
     Only mixtures present on both sides are compared; the others are listed in the report.
     Raises DemixError when no mixture is shared, a target is missing for a mixture, or a
@@ -264,6 +276,11 @@ def compare(
         per_target[t.name], samples[t.name] = _target_fidelity(t, mixtures, ref, prx, idx, top_fraction, confidence)
 
     macro = {s: _macro(s, per_target, samples, n, confidence) for s in STATISTICS}
+    group_macro = {}
+    for group, names in (groups or {}).items():
+        members = set(names)
+        if any(t.capability and t.name in members for t in per_target.values()):
+            group_macro[group] = {s: _macro(s, per_target, samples, n, confidence, members) for s in STATISTICS}
     return FidelityReport(
         proxy_kind=proxy_kind,
         mixtures=mixtures,
@@ -275,6 +292,7 @@ def compare(
         top_fraction=top_fraction,
         targets=per_target,
         macro=macro,
+        group_macro=group_macro,
     )
 
 
@@ -310,9 +328,9 @@ def _target_fidelity(
 
 def _macro(
     stat: str, per_target: dict[str, TargetFidelity], samples: dict[str, dict[str, np.ndarray]],
-    n: int, confidence: float,
+    n: int, confidence: float, members: set[str] | None = None,
 ) -> Statistic:
-    caps = [t for t in per_target.values() if t.capability]
+    caps = [t for t in per_target.values() if t.capability and (members is None or t.name in members)]
     if not caps:
         return Statistic(math.nan, n, reason="no target is marked as a capability")
     over = [t.name for t in caps if t.statistic(stat).defined]
@@ -338,6 +356,7 @@ def paired_difference(
     seed: int | None = None,
     confidence: float | None = None,
     same_references: bool = True,
+    over: Sequence[str] | None = None,
 ) -> Statistic:
     """Macro Spearman rho of proxies ``a`` minus that of proxies ``b``, with a paired bootstrap
     interval: both are recomputed on the same resamples of the mixtures, so the mixtures both
@@ -348,7 +367,8 @@ def paired_difference(
     of one fidelity run). ``same_references=False`` compares two fidelity runs on the same
     mixture ids against different reference models (the merged proxies of one set of component
     weights against references trained under the two ``fidelity.pairing`` options). Defaults:
-    ``a``'s bootstrap count, seed and confidence.
+    ``a``'s bootstrap count, seed and confidence. ``over``: only these capabilities (a group,
+    e.g. the transfer targets); None: every capability.
     """
     bootstrap = a.bootstrap if bootstrap is None else bootstrap
     seed = a.seed if seed is None else seed
@@ -359,7 +379,7 @@ def paired_difference(
             "compare two proxy kinds of the same fidelity run",
         )
     caps = [n for n, t in a.targets.items() if t.capability and t.spearman.defined
-            and n in b.targets and b.targets[n].spearman.defined]
+            and n in b.targets and b.targets[n].spearman.defined and (over is None or n in over)]
     n = len(a.mixtures)
     if not caps:
         return Statistic(math.nan, n, reason="no capability has Spearman defined for both")

@@ -55,14 +55,19 @@ from demix.fidelity.models import EvaluatedModels, ModelScores, OnEvent
 from demix.fidelity.references import DATA_MIXTURE, ReferenceMixture, reference_mixtures, trained_budgets
 from demix.fidelity.statistics import Statistic
 from demix.fidelity.targets import (
+    LINEAR_RULE,
+    OWN,
     OWN_WEIGHT,
     benchmark_directions,
     fidelity_scores,
+    linear_rule_baseline,
     own_weight_baseline,
     ratio_scale_capabilities,
+    target_groups,
     target_order,
 )
-from demix.proxy_kind import MERGED, REFERENCE, trained
+from demix.fidelity.transfer import TransferPass, check_transfer, merged_identity
+from demix.proxy_kind import MERGED, REFERENCE, trained, trained_tokens
 from demix.rundir import FidelityFiles, RunDir, read_token_counts
 
 #: Proxy kind -> mixture key -> the scores of that model.
@@ -94,6 +99,13 @@ class FidelityResult:
     differences: dict[str, Statistic] = field(default_factory=dict)
     """Trained proxy kind -> macro rho of merged proxies minus its own, with a paired bootstrap
     interval (:func:`demix.fidelity.metrics.paired_difference`): merged is ahead where it lies above 0."""
+    groups: dict[str, list[str]] = field(default_factory=dict)
+    """Target group (``own``, ``transfer``: :func:`demix.fidelity.targets.target_groups`) -> its capabilities."""
+    group_differences: dict[str, dict[str, Statistic]] = field(default_factory=dict)
+    """Trained proxy kind or baseline -> group -> macro rho of merged proxies minus its own over the
+    group's capabilities, paired bootstrap interval."""
+    rules: dict[str, str] = field(default_factory=dict)
+    """Target -> the single linear rule the ``linear_rule`` baseline chose most often."""
 
     pairing: str = DATA_MIXTURE
     """``fidelity.pairing``: what the reference models were trained on (:mod:`demix.fidelity.references`)."""
@@ -103,7 +115,8 @@ class FidelityResult:
     def results(self) -> FidelityResults:
         """The content of ``fidelity.json``."""
         return FidelityResults(self.mixtures, self.reports, self.baselines, self.summary, self.audit.warnings(),
-                               self.notes, pairing=self.pairing, mapping=self.mapping)
+                               self.notes, pairing=self.pairing, mapping=self.mapping, groups=self.groups,
+                               rules=self.rules)
 
 
 def run_fidelity(
@@ -124,6 +137,7 @@ def run_fidelity(
     from demix.training.roles import mixture_map
 
     base, comps = _finished_checkpoints(config, run)  # before any training
+    check_transfer(config)
     mapping = mixture_map(config, run)
     mixtures = reference_mixtures(config, read_token_counts(run, config.data.domain_names), mapping)
     budgets = trained_budgets(config)
@@ -133,12 +147,20 @@ def run_fidelity(
     with EvaluatedModels(config, run, store=store, device=device, progress=progress, on_event=on_event) as models:
         models.check_search_rows([m.component_weights for m in mixtures])  # before any training
         scored = _trained_scores(models, mixtures, budgets)
-        audit, notes = _merged_scores(config, run, models, mixtures, scored, base, comps, device)
+        transfer = TransferPass(config, run, device) if config.fidelity.transfer else None
+        if transfer is not None:  # before the resident merge is loaded: one model in memory at a time
+            _transfer_of_trained(run, transfer, mixtures, scored)
+        audit, notes = _merged_scores(config, run, models, mixtures, scored, base, comps, device, transfer)
 
     ratio_caps = ratio_scale_capabilities(config)
     directions = benchmark_directions(scored, config)
-    reports, baselines = _compare(config, mixtures, scored, ratio_caps, directions)
+    reports, baselines, groups, rules = _compare(config, mixtures, scored, ratio_caps, directions)
     differences = {k: paired_difference(reports[MERGED], r) for k, r in reports.items() if k != MERGED}
+    group_differences = {
+        k: {g: paired_difference(reports[MERGED], r, over=names) for g, names in groups.items()
+            if g in r.group_macro}
+        for k, r in {**{k: r for k, r in reports.items() if k != MERGED}, **baselines}.items()
+    }
     # Registered reference models were trained elsewhere: only the ones trained here are counted.
     compute = compute_accounting(config, run, base, comps, sum(m.model_path is None for m in mixtures), budgets)
     spent = {b["approach"]: b for b in compute["budgets"]}
@@ -149,7 +171,8 @@ def run_fidelity(
                 for m in mixtures},
         compute=compute,
         audit=audit,
-        summary=[SummaryRow.of(kind, rep, spent[approach_of(kind)], differences.get(kind)) for kind, rep in reports.items()],
+        summary=[SummaryRow.of(kind, rep, spent[approach_of(kind)], differences.get(kind), group_differences.get(kind))
+                 for kind, rep in reports.items()],
         trained_now=models.trainings,
         evaluated_now=models.evaluations,
         directory=files.root,
@@ -158,6 +181,9 @@ def run_fidelity(
         differences=differences,
         pairing=config.fidelity.pairing,
         mapping=mapping.to_dict(),
+        groups=groups,
+        group_differences=group_differences,
+        rules=rules,
     )
     scores = FidelityScores(dict(directions), sorted(ratio_caps), {m.key: m.component_weights for m in mixtures},
                             {m.key: m.data_mixture for m in mixtures}, result.scores)
@@ -200,6 +226,7 @@ def _merged_scores(
     base: Path,
     comps: Mapping[str, Path],
     device: str | None,
+    transfer: TransferPass | None = None,
 ) -> tuple[AuditReport, list[str]]:
     """Audit the components, then score the merged proxy of every mixture into ``scored`` and
     measure its gap to the reference model. Runs after all training, so that training never
@@ -215,6 +242,8 @@ def _merged_scores(
     notes: list[str] = []
     for m in mixtures:
         merged = scored[MERGED][m.key] = models.merged(m.component_weights, builder)
+        if transfer is not None:
+            transfer.resident(MERGED, m.key, merged_identity(models.components, config, m.key), builder.model, merged)
         ref_dir = Path(m.model_path) if m.model_path is not None else run.reference(m.data_key)
         if m.model_path is not None or is_finished(ref_dir):
             audit.add_gap(proxy_gap(
@@ -234,10 +263,12 @@ def _compare(
     scored: Scored,
     ratio_caps: set[str],
     directions: Mapping[str, bool],
-) -> tuple[dict[str, FidelityReport], dict[str, FidelityReport]]:
-    """(report per proxy kind, no-model baselines): each kind's scores against the reference models'."""
+) -> tuple[dict[str, FidelityReport], dict[str, FidelityReport], dict[str, list[str]], dict[str, str]]:
+    """(report per proxy kind, no-model baselines, target groups, the linear rules chosen):
+    each kind's scores against the reference models'."""
     order = target_order(config)
     ref_scores, targets = fidelity_scores(scored[REFERENCE], ratio_caps, directions, order)
+    groups = target_groups(config, [t.name for t in targets if t.capability])
     f = config.fidelity
     reports: dict[str, FidelityReport] = {}
     for kind, rows in scored.items():
@@ -246,15 +277,36 @@ def _compare(
         proxy_scores, _ = fidelity_scores(rows, ratio_caps, directions, order)
         reports[kind] = compare(
             ref_scores, proxy_scores, targets, proxy_kind=kind, bootstrap=f.bootstrap, seed=f.seed,
-            confidence=f.confidence, top_fraction=f.top_fraction,
+            confidence=f.confidence, top_fraction=f.top_fraction, groups=groups,
         )
     baselines: dict[str, FidelityReport] = {}
     # Ranked by each domain's share of the data the reference was trained on (under the
     # component_weights pairing that is the component weight itself).
-    own = own_weight_baseline(config, {m.key: m.data_mixture for m in mixtures}, ref_scores, targets)
+    data = {m.key: m.data_mixture for m in mixtures}
+    own = own_weight_baseline(config, data, ref_scores, targets, {OWN: groups[OWN]} if OWN in groups else None)
     if own is not None:
         baselines[OWN_WEIGHT] = own
-    return reports, baselines
+    rule, rules = linear_rule_baseline(config, data, ref_scores, targets, groups)
+    if rule is not None:
+        baselines[LINEAR_RULE] = rule
+    return reports, baselines, groups, rules
+
+
+def _transfer_of_trained(run: RunDir, transfer: TransferPass, mixtures: Sequence[ReferenceMixture], scored: Scored) -> None:
+    """Transfer targets of every reference model and trained proxy (kept in ``scored``)."""
+    for kind, rows in scored.items():
+        if kind == MERGED:
+            continue
+        for m in mixtures:
+            if kind == REFERENCE:
+                path = Path(m.model_path) if m.model_path is not None else run.reference(m.data_key)
+            else:
+                path = run.trained_proxy(f"{m.data_key}@{trained_tokens(kind)}")
+            if not (is_finished(path) or (kind == REFERENCE and m.model_path is not None)):
+                raise DemixError(f"the {kind} model of data mixture {m.data_key} is not on disk ('{path}'), so its "
+                                 "transfer targets (fidelity.transfer) cannot be scored",
+                                 "restore the model directory, or leave fidelity.transfer empty")
+            transfer.checkpoint(kind, m.data_key, path, rows[m.key])
 
 
 def _write(result: FidelityResult, scores: FidelityScores, files: FidelityFiles) -> None:
