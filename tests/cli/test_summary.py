@@ -114,3 +114,22 @@ def test_a_file_before_demix_0_2_is_shown_as_component_weights_only():
     assert not [x for x in lines if x.startswith("data ")]
     # No data mixture: no tokens or epochs either (demix < 0.2 computed them from the weights).
     assert _row(_text(plan_table(best)), "general") == "general - 0.4000 0.0100 - -"
+
+
+def test_the_search_summary_shows_intervals_and_the_measured_chosen_proxy():
+    from demix.cli.search import chosen_table
+    from demix.search.files import ChosenIntervals, Interval, MeasuredChoice
+
+    best = _best()
+    assert chosen_table(best) is None  # neither recorded: nothing to show
+    best.intervals = ChosenIntervals(0.8, 6, 24, "ridge", {"math": Interval(0.74, 0.01, 0.72, 0.77)},
+                                     Interval(0.74, 0.01, 0.71, 0.78), "weighted", True)
+    lines = _text(chosen_table(best))
+    assert "not measured (search.measure_chosen: true measures it)" in " ".join(lines)
+    assert _row(lines, "math") == "math 0.7500 [0.7200, 0.7700] - -"
+    best.measured = MeasuredChoice("k", "search.measure_chosen", {"math": 0.79}, {}, 0.79, 0.75, "weighted",
+                                   {"math": False, "objective": False})
+    lines = _text(chosen_table(best))
+    assert "measured (search.measure_chosen)" in lines[0] + " " + lines[1]
+    assert _row(lines, "math") == "math 0.7500 [0.7200, 0.7700] 0.7900 no"
+    assert _row(lines, "objective") == "objective (weighted) 0.7500 [0.7100, 0.7800] 0.7900 no"

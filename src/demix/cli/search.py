@@ -42,9 +42,9 @@ def search_cmd(
 
     console.quiet = False
     console.print(plan_table(result.best))
-    refined = refinement_table(result.best)
-    if refined is not None:
-        console.print(refined)
+    for extra in (refinement_table(result.best), chosen_table(result.best)):
+        if extra is not None:
+            console.print(extra)
     console.print(
         f"{result.evaluations} evaluations in the store ({result.evaluated_now} new this run); wrote {result.path}\n"
         f"export its data mixture with: demix export {run.root} --to megatron|nemo|nanotron|olmo-core|hf-datasets|mosaic|json",
@@ -107,6 +107,42 @@ def refinement_table(best: BestMixture) -> Table | None:
         table.add_column(f"+0.01 {d}", justify="right")
     for name, per in scores.items():
         table.add_row(escape(name), *[_cell(per.get(d), "+.5f") for d in best.domains])
+    return table
+
+
+def chosen_table(best: BestMixture) -> Table | None:
+    """The chosen mixture's predicted scores with the ensemble's interval
+    (``search.predictor_intervals``) and, where its proxy was evaluated (``search.measure_chosen``,
+    or refinement), the measured score and whether it lies in the interval: per capability and
+    for the objective. None when the file has neither."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    iv, m = best.intervals, best.measured
+    if iv is None and m is None:
+        return None
+    predicted = {c: p.value for c, p in (best.predicted.capabilities if best.predicted else {}).items()}
+    level = f"{iv.level:.0%} interval" if iv else "interval"
+    table = Table(
+        title="the chosen mixture: predicted, " + (f"ensemble {level}" if iv else "no ensemble")
+        + (f", measured ({m.source})" if m else ", not measured (search.measure_chosen: true measures it)"),
+        caption=escape("a measured score far from the prediction means the predictors overfit the proxies"),
+        caption_justify="left",
+    )
+    for col in ("score", "predicted", level, "measured", "inside"):
+        table.add_column(col, justify="left" if col == "score" else "right")
+    names = list(dict.fromkeys([*predicted, *(iv.capabilities if iv else {}), *(m.capabilities if m else {})]))
+    rows = [(c, predicted.get(c), iv.capabilities.get(c) if iv else None, m.capabilities.get(c) if m else None)
+            for c in names]
+    kind = (iv.objective_kind if iv else m.objective_kind if m else "objective")
+    rows.append((f"objective ({kind})", m.predicted_objective if m else None, iv.objective if iv else None,
+                 m.objective if m else None))
+    inside = (m.inside_interval or {}) if m else {}
+    for name, pred, interval, measured in rows:
+        key = "objective" if name.startswith("objective (") else name
+        span = f"[{interval.lower:.4f}, {interval.upper:.4f}]" if interval else "-"
+        flag = {True: "yes", False: "no"}.get(inside[key], "-") if key in inside else "-"
+        table.add_row(escape(name), _cell(pred, ".4f"), span, _cell(measured, ".4f"), flag)
     return table
 
 
