@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from helpers.finite_differences import worst_directional_error
 from tiny_run import build_tiny_run
 
 MIX = {"general": 0.5, "math": 0.3, "code": 0.2}
@@ -79,17 +80,7 @@ def test_loglikelihood_gradient_matches_finite_differences(tiny):
     # a quartic over [-0.04, 0.04] is off by ~1e-3 there from the noise alone; a degree-6 fit
     # over 13 steps in [-0.1, 0.1] averages more of it (its truncation is O(t^7)).
     ts = np.linspace(-0.1, 0.1, 13)
-    worst = 0.0
-    for i in range(len(domains)):
-        for j in range(i + 1, len(domains)):
-            v = np.zeros(len(domains))
-            v[i], v[j] = 1.0, -1.0
-            samples = [f(a + t * v) for t in ts]
-            for name, (_, g) in grads.items():
-                fd = np.polynomial.polynomial.polyfit(ts, [s_[name] for s_ in samples], 6)[1]
-                rel = abs(g @ v - fd) / abs(fd)
-                worst = max(worst, rel)
-                assert rel < 1e-3, f"{name}, direction {domains[i]}-{domains[j]}: gradient {g @ v:.6g}, FD {fd:.6g}"
+    worst = worst_directional_error(f, a, grads, domains, ts, degree=6)
     print(f"worst relative error of d gold-ll / d a vs fp64 central differences: {worst:.2e}")
     # The value is the evaluation's: the harness's own per-request log-likelihoods of the gold choices.
     lm = harness._lm_for(builder.build(MIX))
