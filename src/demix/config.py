@@ -7,7 +7,7 @@ One :class:`RunConfig` describes a whole run. Every section is a strict model
 Field docstrings (the string literal under each field) are the reference documentation: they
 show up in ``demix init`` output and in ``--help`` texts.
 
-Why one module of ~850 lines: it is one concept, the schema, and reads top to bottom in the
+Why one module of ~900 lines: it is one concept, the schema, and reads top to bottom in the
 order of the YAML it validates; split by section, a reader would jump between files to follow
 one config file.
 """

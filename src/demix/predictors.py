@@ -13,6 +13,10 @@ negates lower-is-better benchmarks before fitting). Two kinds share one interfac
 
 ``auto`` picks ridge below :data:`AUTO_MIN_LIGHTGBM` evaluations. Fits are saved as text
 (LightGBM model files, Ridge coefficients in JSON), never pickled.
+
+Why one module of ~480 lines: the two kinds, their cross-validation and the bootstrap ensemble
+built from them share one fit/predict/save interface and the same row checks; the ensemble's
+intervals are only meaningful next to the fits they resample.
 """
 
 from __future__ import annotations

@@ -21,12 +21,10 @@ row is an evaluation in flight; it is given up, so that another driver can claim
 A live driver's claims are never taken from it, so two drivers never evaluate the same
 mixture at the same time, and a done row is never evaluated again.
 
-Why ~500 lines in one module: the claim protocol (claim, renew, release, complete) and the
-schema it runs on (tables, the version-2 migration, the PostgreSQL lock) must be read together
-to see that it is safe; splitting them would hide the invariant across files.
-
-Why one module of ~580 lines: one table, its schema migrations, claims and leases, and the
-error translation of every read and write belong to one concept, the store.
+Why one module of ~580 lines: the claim protocol (claim, renew, release, complete), the
+schema it runs on (tables, the version-2 migration, the PostgreSQL lock) and the error
+translation of every read and write must be read together to see that it is safe; splitting
+them would hide the invariant across files.
 """
 
 from __future__ import annotations

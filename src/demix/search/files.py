@@ -6,6 +6,10 @@ The path comes from :attr:`demix.rundir.RunDir.best_mixture`. The layout on disk
 demix always wrote: ``BestMixture.read(path).to_dict()`` gives back the JSON that was read. A
 missing or garbled file, or a weight that is not a number, is a DemixError naming the file and
 the fix.
+
+Why one module of ~490 lines: ``best_mixture.json`` is one file, and every record in it
+(predictions, baselines, top-k, intervals, the measured choice) is read and written by
+:class:`BestMixture`; split, a reader would chase one file's layout across modules.
 """
 
 from __future__ import annotations
