@@ -438,6 +438,30 @@ class RefineConfig(StrictModel):
     """Stop when the step length, or the move left after projecting onto the bounds, is below this."""
 
 
+class ScreeningConfig(StrictModel):
+    """Screening before full benchmarks (demix.search.screening): one step of successive halving
+    per round. Every planned proxy of a round is first scored on ``fraction`` of each lm_eval
+    task's documents (the same documents for every proxy, nested in the full set; held-out loss
+    benchmarks in full); only the best ``keep`` of them by that screened objective, and any
+    within ``margin`` of the best, are then scored in full. Screened scores are stored as their
+    own proxy kind (``screened@<fraction>``, with the documents used) and never fitted: the
+    predictors fit full scores only. Off by default: it needs lm_eval benchmarks, and saves
+    time only when they dominate an evaluation and ``fraction + keep < 1``."""
+
+    enabled: bool = False
+    """Screen each round's proxies before scoring the best of them in full."""
+
+    fraction: float = Field(default=0.25, gt=0, lt=1)
+    """Share of each lm_eval task's documents (of its `limit` subset, if any) a screen scores."""
+
+    keep: float = Field(default=0.5, gt=0, le=1)
+    """Share of a round's screened proxies scored in full (the best by screened objective; at least one)."""
+
+    margin: float = Field(default=0.0, ge=0)
+    """Also score in full every proxy whose screened objective is within this of the round's
+    best (objective units: percentile ranks for rank_mean, capability units for weighted)."""
+
+
 class SearchConfig(StrictModel):
     rounds: list[int] = Field(default_factory=lambda: [32, 16, 8])
     """Proxies evaluated per round (reference: N, N/2, N/4); round 0 samples the simplex, later
@@ -507,6 +531,9 @@ class SearchConfig(StrictModel):
 
     refine: RefineConfig = Field(default_factory=RefineConfig)
     """Gradient refinement of the chosen mixture after the last round (off by default)."""
+
+    screening: ScreeningConfig = Field(default_factory=ScreeningConfig)
+    """Screen each round's proxies on a subset of the lm_eval documents first (off by default)."""
 
     measure_chosen: bool = False
     """Evaluate the chosen mixture's merged proxy once after the last round (stored like any

@@ -304,6 +304,11 @@ class RoundFiles:
         return self.root / "planned.json"
 
     @property
+    def screening(self) -> Path:
+        """With ``search.screening``: each screened proxy's objective and whether it was scored in full."""
+        return self.root / "screening.json"
+
+    @property
     def cv(self) -> Path:
         """Cross-validation report of the round's predictors."""
         return self.root / "cv.json"

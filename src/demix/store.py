@@ -352,7 +352,7 @@ class Store:
         drivers trying at once exactly one wins."""
         if not is_known(proxy_kind):
             raise DemixError(
-                f"unknown proxy kind '{proxy_kind}'", f"use one of {', '.join(KINDS)}, or trained@<tokens>"
+                f"unknown proxy kind '{proxy_kind}'", f"use one of {', '.join(KINDS)}, trained@<tokens> or screened@<fraction>"
             )
         sa = self._sa
         row = {

@@ -14,17 +14,17 @@ for every proxy. A screened result records, per lm_eval benchmark, which documen
 mistaken for a full one. Held-out loss benchmarks are scored in full in both passes (they run at
 the cost of a bare forward already and are the cheap part of an evaluation).
 
-Not wired into the search loop yet: predictors must fit on full scores only, and the loop's
-stores, executors and resume logic would have to know which rows are screened. The benchmark
-``benchmarks/eval_cost.py`` measures what screening would save and how well the screened scores
-rank a round (Spearman against the full scores).
+The search loop screens each round with these when ``search.screening`` is on
+(:mod:`demix.search.screening`: screened rows are their own proxy kind, never fitted). The
+benchmark ``benchmarks/eval_cost.py`` measures what screening saves and how well the screened
+scores rank a round (Spearman against the full scores).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -68,6 +68,15 @@ def screen(evaluator: Evaluator, model: torch.nn.Module, samples: dict[str, list
             total = len(full) if full is not None else len(harness.task_dict["tasks"][b.lm_task].eval_docs)
             result.details[b.name]["screened"] = {"documents": list(samples[b.lm_task]), "of": total}
     return result
+
+
+def screened_documents(result: Any) -> dict[str, dict[str, Any]]:
+    """``{benchmark: {"documents": [...], "of": n}}`` of a screened result (an EvalResult from
+    :func:`screen`, or a worker's plain dict with a ``screened`` entry); ``{}`` for a full one."""
+    if isinstance(result, Mapping):
+        return {str(k): dict(v) for k, v in (result.get("screened") or {}).items()}
+    details = getattr(result, "details", None) or {}
+    return {str(name): dict(d["screened"]) for name, d in details.items() if isinstance(d, Mapping) and "screened" in d}
 
 
 def survivors(objectives: Sequence[float], keep: float = 0.5, margin: float = 0.0) -> list[int]:

@@ -10,6 +10,10 @@ free, so that the driver claims a mixture in the store just before it is dispatc
 drivers can then share one round). ``on_result(plan_index, mixture, result)`` runs in the driver
 process, in completion order; ``result`` has ``.benchmarks`` and ``.capabilities`` (an object or
 a mapping), as a scorer's result.
+
+``executor.evaluate(items, on_result, screening=0.25)`` screens instead: each mixture is scored by
+``scorer.screen(mixture, 0.25)`` (the lm_eval tasks on a quarter of their documents,
+:mod:`demix.search.screening`), whose result also names the documents it used.
 """
 
 from __future__ import annotations
@@ -47,8 +51,11 @@ class Executor:
         """What building the scorer(s) cost, when known (None otherwise)."""
         return None
 
-    def evaluate(self, items: Iterable[WorkItem], on_result: OnResult) -> None:  # pragma: no cover - abstract
-        """Score every item; call ``on_result`` in this process as each one finishes."""
+    def evaluate(  # pragma: no cover - abstract
+        self, items: Iterable[WorkItem], on_result: OnResult, screening: float | None = None
+    ) -> None:
+        """Score every item (``screening``: screen it on that fraction of each lm_eval task's
+        documents); call ``on_result`` in this process as each one finishes."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -77,9 +84,37 @@ class LocalExecutor(Executor):
         seconds = getattr(self.scorer, "setup_seconds", None)
         return float(seconds) if isinstance(seconds, (int, float)) else None
 
-    def evaluate(self, items: Iterable[WorkItem], on_result: OnResult) -> None:
+    def evaluate(self, items: Iterable[WorkItem], on_result: OnResult, screening: float | None = None) -> None:
+        score = self.scorer if screening is None else screening_scorer(self.scorer, screening)
         for index, mixture in items:
-            on_result(index, mixture, self.scorer(mixture))
+            on_result(index, mixture, score(mixture))
+
+
+def screening_scorer(scorer: Any, fraction: float) -> Scorer:
+    """``mixture -> scorer.screen(mixture, fraction)``; a DemixError when the scorer cannot screen
+    (a caller's own scorer without a ``screen`` method)."""
+    screen = getattr(scorer, "screen", None)
+    if not callable(screen):
+        raise DemixError(
+            f"search.screening is on, but the scorer ({type(scorer).__name__}) has no screen(mixture, fraction) method",
+            "turn search.screening.enabled off, or give the scorer a screen method "
+            "(demix.executors.MergedProxyScorer has one)",
+        )
+    return lambda mixture: screen(mixture, fraction)
+
+
+def result_parts(result: Any) -> tuple[dict[str, float], dict[str, float], dict[str, bool] | None]:
+    """benchmarks, capabilities and (optional) directions of a scorer's result (an object or a
+    mapping with ``benchmarks`` and ``capabilities``: the contract every executor hands back)."""
+    get = result.get if isinstance(result, Mapping) else lambda k, d=None: getattr(result, k, d)
+    benchmarks, capabilities = get("benchmarks"), get("capabilities")
+    if not isinstance(benchmarks, Mapping) or not isinstance(capabilities, Mapping):
+        raise DemixError(
+            f"the scorer returned {type(result).__name__}, without .benchmarks and .capabilities mappings",
+            "return an EvalResult (demix.evaluation) or an object with those two dicts",
+        )
+    hib = get("higher_is_better")
+    return dict(benchmarks), dict(capabilities), dict(hib) if isinstance(hib, Mapping) else None
 
 
 def evaluate_planned(
@@ -92,6 +127,8 @@ def evaluate_planned(
     proxy_kind: str = MERGED,
     wait_seconds: float = 2.0,
     sleep: Callable[[float], None] = time.sleep,
+    screening: float | None = None,
+    indices: Sequence[int] | None = None,
 ) -> int:
     """Evaluate a round's planned mixtures that the store does not hold yet; return how many this
     driver stored.
@@ -101,10 +138,12 @@ def evaluate_planned(
     (True when stored). Then, while mixtures held by other drivers are unfinished, this driver
     waits (polling every ``wait_seconds``) and claims again: claims of drivers that died are
     re-queued here. On return every planned mixture is done, so all drivers fit the next round on
-    the same evaluations.
+    the same evaluations. ``screening``: screen each mixture on that fraction of the documents
+    (``proxy_kind`` is then the screened kind, :func:`demix.proxy_kind.screened`). ``indices``:
+    evaluate only these of ``planned`` (the survivors of a screen), with their plan indices.
     """
     keys = [mixture_key(m) for m in planned]
-    remaining = list(range(len(planned)))
+    remaining = list(range(len(planned))) if indices is None else list(indices)
     stored = 0
 
     def on_result(index: int, mixture: Mixture, result: Any) -> None:
@@ -128,7 +167,10 @@ def evaluate_planned(
         if waited:
             log.info("round %s: %d mixture(s) held by other drivers; waited %.0f s", round, len(remaining), waited)
         before = stored
-        executor.evaluate(claimed(remaining), on_result)
+        if screening is None:  # executors written before screening take no such argument
+            executor.evaluate(claimed(remaining), on_result)
+        else:
+            executor.evaluate(claimed(remaining), on_result, screening=screening)
         done = store.done_keys(proxy_kind)
         remaining = [i for i in remaining if keys[i] not in done]
         if remaining and stored == before:

@@ -54,8 +54,11 @@ class _Worker:
     def pid(self) -> int:
         return os.getpid()
 
-    def score(self, mixture: dict[str, float]) -> dict[str, Any]:
-        result = self.scorer(mixture)
+    def score(self, mixture: dict[str, float], screening: float | None = None) -> dict[str, Any]:
+        from demix.evaluation.screening import screened_documents
+        from demix.executors.base import screening_scorer
+
+        result = self.scorer(mixture) if screening is None else screening_scorer(self.scorer, screening)(mixture)
         get: Callable[..., Any] = result.get if isinstance(result, dict) else lambda k, d=None: getattr(result, k, d)
         hib = get("higher_is_better")
         # Plain dicts travel cheaply and unpickle without demix's classes in the driver.
@@ -63,6 +66,7 @@ class _Worker:
             "benchmarks": {k: float(v) for k, v in get("benchmarks").items()},
             "capabilities": {k: float(v) for k, v in get("capabilities").items()},
             "higher_is_better": dict(hib) if hib is not None else None,
+            "screened": screened_documents(result),
         }
 
 
@@ -160,7 +164,7 @@ class RayExecutor(Executor):
                     raise
                 time.sleep(_RETRY_SECONDS)
 
-    def evaluate(self, items: Iterable[WorkItem], on_result: OnResult) -> None:
+    def evaluate(self, items: Iterable[WorkItem], on_result: OnResult, screening: float | None = None) -> None:
         ray = self._ray
         unavailable = ray.exceptions.ActorUnavailableError
         source = iter(items)
@@ -181,7 +185,7 @@ class RayExecutor(Executor):
                     exhausted = True
                     break
                 a = free.popleft()
-                in_flight[self._actors[a].score.remote(item[1])] = (a, item)
+                in_flight[self._actors[a].score.remote(item[1], screening)] = (a, item)
             if not in_flight and not requeued and exhausted:
                 return
             if not (in_flight or probes or retry):  # work left, but every actor is gone

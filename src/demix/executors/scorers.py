@@ -35,6 +35,8 @@ class MergedProxyScorer:
         """What :meth:`setup` took (0 until it ran)."""
         self._builder: Any = None
         self._evaluator: Any = None
+        self._screening: dict[float, dict[str, list[int]]] = {}
+        """Fraction -> the screened documents of every lm_eval task (drawn once per fraction)."""
 
     def setup(self) -> None:
         """Load the base, the components and the benchmarks (once)."""
@@ -79,6 +81,23 @@ class MergedProxyScorer:
         self.setup()
         self._builder.build(mixture)
         return self._evaluator.evaluate(self._builder.model)
+
+    def screen(self, mixture: Mixture, fraction: float) -> Any:
+        """The mixture's proxy scored with every lm_eval task on its screening subset (``fraction``
+        of its documents, the same for every proxy: :mod:`demix.evaluation.screening`); held-out
+        benchmarks in full. The result's details name the documents each benchmark used."""
+        from demix.evaluation.screening import screen, screening_samples
+
+        self.setup()
+        if self._evaluator.harness is None:
+            raise DemixError(
+                "search.screening is on, but no benchmark is an lm_eval task: there is nothing to screen",
+                "turn search.screening.enabled off, or add an lm_eval benchmark to evaluation.benchmarks",
+            )
+        if fraction not in self._screening:
+            self._screening[fraction] = screening_samples(self._evaluator.harness, fraction)
+        self._builder.build(mixture)
+        return screen(self._evaluator, self._builder.model, self._screening[fraction])
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ A finished round's files are final: a resumed search reads its fit and ranking b
 record other search, scoring or component settings. The selection after the last round is
 written to ``best_mixture.json``.
 
-Why one module of ~470 lines: the round state machine (plan, evaluate, fit, rank, refine)
+Why one module of ~500 lines: the round state machine (plan, evaluate, fit, rank, refine)
 reads in order here; each step's logic lives in its own module (planning, fitting, ranking,
 refine, evidence) and this file only sequences and records them.
 """
@@ -47,9 +47,10 @@ from demix import proxy_kind as kinds
 from demix.config import RunConfig
 from demix.data_mixture import MixtureMap
 from demix.errors import DemixError
-from demix.executors.base import Executor, LocalExecutor, evaluate_planned
+from demix.executors.base import Executor, LocalExecutor, evaluate_planned, result_parts
 from demix.mixtures import mixture_key, prior_weights
 from demix.objectives import capability_weights, parse_constraints
+from demix.proxy_kind import screened
 from demix.rundir import RoundFiles, RunDir, read_document_counts
 from demix.sampling import Bounds, resolve_bounds, sample_mixtures
 from demix.search.acquisition import fit_capability_ensemble, objective_spread
@@ -62,6 +63,7 @@ from demix.search.planning import Planner, rng_for
 from demix.search.ranking import Ranking, rank_pool
 from demix.search.refine import check_refine, refine_best
 from demix.search.round_files import Selection
+from demix.search.screening import check_screening, screen_round
 from demix.search.settings import ScoringSettings, is_search_row, ranking_fingerprint
 from demix.store import Evaluation, Store
 
@@ -69,10 +71,13 @@ log = logging.getLogger("demix.search")
 
 Scorer = Callable[[dict[str, float]], Any]
 
-EventKind = Literal["round_started", "proxy_evaluated", "round_ranked"]
+EventKind = Literal["round_started", "proxy_evaluated", "round_ranked", "screening_started", "proxy_screened"]
 ROUND_STARTED: EventKind = "round_started"
 PROXY_EVALUATED: EventKind = "proxy_evaluated"
 ROUND_RANKED: EventKind = "round_ranked"
+SCREENING_STARTED: EventKind = "screening_started"
+"""With ``search.screening``: the round's screens begin (``planned``: mixtures to screen)."""
+PROXY_SCREENED: EventKind = "proxy_screened"
 
 
 @dataclass(frozen=True)
@@ -82,11 +87,12 @@ class SearchEvent:
     kind: EventKind
     round: int
     planned: int = 0
-    """round_started: mixtures planned for the round."""
+    """round_started: mixtures the round scores in full (with screening: the survivors);
+    screening_started: mixtures it screens."""
     done: int = 0
-    """round_started: planned mixtures already in the store."""
+    """round_started, screening_started: of those, already in the store."""
     mixture: dict[str, float] | None = None
-    """proxy_evaluated: the component weights of the proxy just committed to the store."""
+    """proxy_evaluated, proxy_screened: the component weights of the proxy just committed to the store."""
     ranking: Ranking | None = None
     """round_ranked: the ranked pool after the round."""
     evaluations: int = 0
@@ -121,19 +127,6 @@ def expected_capabilities(config: RunConfig) -> list[str]:
     from demix.evaluation.benchmarks import resolve_capabilities
 
     return [c.name for c in resolve_capabilities(config)]
-
-
-def _result_parts(result: Any) -> tuple[dict[str, float], dict[str, float], dict[str, bool] | None]:
-    """benchmarks, capabilities and (optional) directions of a scorer's result (object or dict)."""
-    get = result.get if isinstance(result, Mapping) else lambda k, d=None: getattr(result, k, d)
-    benchmarks, capabilities = get("benchmarks"), get("capabilities")
-    if not isinstance(benchmarks, Mapping) or not isinstance(capabilities, Mapping):
-        raise DemixError(
-            f"the scorer returned {type(result).__name__}, without .benchmarks and .capabilities mappings",
-            "return an EvalResult (demix.evaluation) or an object with those two dicts",
-        )
-    hib = get("higher_is_better")
-    return dict(benchmarks), dict(capabilities), dict(hib) if isinstance(hib, Mapping) else None
 
 
 def _check_evidence(evaluations: Sequence[Evaluation], evidence: Evidence, store_name: str) -> None:
@@ -198,21 +191,40 @@ class _Rounds:
         """How messages name the store (never its URL: it may hold a password)."""
 
     def run(self, r: int, n: int, files: RoundFiles, higher_is_better: Mapping[str, bool] | None) -> None:
-        """Plan, evaluate, then read the round's files back when it is finished, else fit and rank."""
+        """Plan, (screen,) evaluate, then read the round's files back when it is finished, else fit and rank."""
         done = self.store.done_keys(self.proxy_kind)
         planned = self.planner.plan(r, n, files, self.ranking, done, self.usable_rows)
         seen = set(self.planned_keys)
         self.planned_keys += [k for k in map(mixture_key, planned) if k not in seen]
-        todo = sum(mixture_key(m) not in done for m in planned)
-        self.on_event(SearchEvent(ROUND_STARTED, r, planned=len(planned), done=len(planned) - todo))
+        # With screening, only the screened survivors (and mixtures scored in full before) are
+        # scored in full; the rest of the plan is fitted on by no round.
+        full = self.screen(r, planned, files) if self.config.search.screening.enabled else None
+        scored = planned if full is None else [planned[i] for i in full]
+        todo = sum(mixture_key(m) not in done for m in scored)
+        self.on_event(SearchEvent(ROUND_STARTED, r, planned=len(scored), done=len(scored) - todo))
         log.info("round %d: %d planned, %d to evaluate", r, len(planned), todo)
         self.reevaluate_stale(r, planned)
-        self.evaluate(r, planned)
+        self.evaluate(r, planned, full)
         # A round that carries over stored evidence plans more mixtures than its size: it is
         # still the round of search.rounds' size (so a finished search reads as complete).
         size = n if len(planned) > n else len(planned)
         if not self.read_finished(r, size, files):
             self.fit_and_rank(r, size, files, higher_is_better)
+
+    def screen(self, r: int, planned: list[dict[str, float]], files: RoundFiles) -> list[int]:
+        """Screen the round's mixtures that lack a full score (:mod:`demix.search.screening`);
+        the indices of ``planned`` to score in full."""
+        full, screens = self.store.done_keys(self.proxy_kind), self.store.done_keys(screened(self.config.search.screening.fraction))
+        todo = [k for k in map(mixture_key, planned) if k not in full or k in screens]
+        self.on_event(SearchEvent(SCREENING_STARTED, r, planned=len(todo), done=len(screens & set(todo))))
+        kept = screen_round(
+            r, planned, config=self.config, store=self.store, executor=self.executor, full_kind=self.proxy_kind,
+            capabilities=expected_capabilities(self.config),
+            provenance=lambda i, m: self.provenance(r, i, m), components=self.fingerprint, scoring=self.scoring,
+            on_screened=lambda m: self.on_event(SearchEvent(PROXY_SCREENED, r, mixture=m)), path=files.screening,
+        )
+        done = self.store.done_keys(self.proxy_kind)
+        return sorted({i for i, m in enumerate(planned) if mixture_key(m) in done} | set(kept))
 
     def usable_rows(self) -> list[Evaluation]:
         """The stored evaluations the planner may carry over or restore: valid for the current
@@ -234,7 +246,7 @@ class _Rounds:
         log.info("round %d: evaluating %d stale proxy(ies) again on the current components", r, len(todo))
 
         def replace(i: int, m: dict[str, float], result: Any) -> None:
-            bench, caps, hib = _result_parts(result)
+            bench, caps, hib = result_parts(result)
             provenance = {**self.provenance(r, i, m), "higher_is_better": self._directions(bench, hib)}
             if self.store.replace(m, bench, caps, self.proxy_kind, provenance):
                 self.evaluated_now += 1
@@ -263,12 +275,13 @@ class _Rounds:
     def _directions(self, bench: Mapping[str, float], hib: Mapping[str, bool] | None) -> Mapping[str, bool | None]:
         return hib or {b.name: b.higher_is_better for b in self.config.evaluation.benchmarks if b.name in bench}
 
-    def evaluate(self, r: int | None, planned: list[dict[str, float]]) -> None:
-        """Score the planned mixtures the store lacks, committing each result as it arrives
-        (``r`` None: refinement proposals, which belong to no round's plan)."""
+    def evaluate(self, r: int | None, planned: list[dict[str, float]], indices: Sequence[int] | None = None) -> None:
+        """Score the planned mixtures the store lacks (``indices``: only those of ``planned``),
+        committing each result as it arrives (``r`` None: refinement proposals, which belong to
+        no round's plan)."""
 
         def commit(i: int, m: dict[str, float], result: Any) -> bool:
-            bench, caps, hib = _result_parts(result)
+            bench, caps, hib = result_parts(result)
             provenance = {**self.provenance(r, i, m), "higher_is_better": self._directions(bench, hib)}
             stored = self.store.complete(m, bench, caps, self.proxy_kind, provenance)
             # Events number the refinement as the round after the last.
@@ -279,7 +292,7 @@ class _Rounds:
         # returns once every planned mixture is done (by this driver or another).
         self.evaluated_now += evaluate_planned(
             self.executor, self.store, planned, commit, round=r, proxy_kind=self.proxy_kind,
-            wait_seconds=self.config.store.wait_seconds,
+            wait_seconds=self.config.store.wait_seconds, indices=indices,
         )
 
     def rescore(self, stale: Sequence[Evaluation]) -> None:
@@ -290,7 +303,7 @@ class _Rounds:
         rows = {e.mixture_key: e for e in stale}
 
         def replace(_: int, m: dict[str, float], result: Any) -> None:
-            bench, caps, hib = _result_parts(result)
+            bench, caps, hib = result_parts(result)
             old = rows[mixture_key(m)].provenance
             provenance = {**old, **self.provenance(old.get("round"), old.get("plan_index"), m),
                           "higher_is_better": self._directions(bench, hib)}
@@ -398,6 +411,7 @@ def run_search(
     mapping = mixture_map(config, run)
     space = _sampling_space(config, token_counts, mapping)
     check_refine(config)  # a refinement that cannot run fails before any proxy is evaluated
+    check_screening(config)
     documents = read_document_counts(run, config.data.domain_names)
     own_store = store is None
     store = store or Store(config.store.url or run.store_url, lease_seconds=config.store.lease_seconds)
@@ -429,6 +443,8 @@ def run_search(
         if stale and not rescore:
             raise rounds.scoring.refuse(stale, store_name)
         released = store.release_pending(proxy_kind)
+        if s.screening.enabled:  # the screens a killed search left claimed
+            released += store.release_pending(screened(s.screening.fraction))
         if released:
             log.info("released %d unfinished evaluation(s) of a killed search", released)
         if stale:

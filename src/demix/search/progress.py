@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from demix.search.loop import PROXY_EVALUATED, ROUND_RANKED, ROUND_STARTED, SearchEvent
+from demix.search.loop import PROXY_EVALUATED, PROXY_SCREENED, ROUND_RANKED, ROUND_STARTED, SCREENING_STARTED, SearchEvent
 from demix.search.ranking import Ranking
 
 
@@ -57,11 +57,12 @@ class LiveSearchDisplay:
         if not self.enabled:
             return
         self._start()
-        if event.kind == ROUND_STARTED:
+        if event.kind in (ROUND_STARTED, SCREENING_STARTED):
             if self._task is not None:
                 self._progress.remove_task(self._task)
-            self._task = self._progress.add_task(f"round {event.round}: proxies", total=event.planned, completed=event.done)
-        elif event.kind == PROXY_EVALUATED and self._task is not None:
+            what = "proxies" if event.kind == ROUND_STARTED else "screens"
+            self._task = self._progress.add_task(f"round {event.round}: {what}", total=event.planned, completed=event.done)
+        elif event.kind in (PROXY_EVALUATED, PROXY_SCREENED) and self._task is not None:
             self._progress.advance(self._task)
         elif event.kind == ROUND_RANKED and event.ranking is not None:
             self._live.update(self._group(self._progress, self.table(event.round, event.ranking, event.evaluations)))

@@ -184,6 +184,8 @@ def ranking_fingerprint(
     for k, default in _LATER_DEFAULTS.items():
         if search.get(k) == default:
             search.pop(k, None)
+    if not config.search.screening.enabled:  # screening's other keys then change nothing
+        search.pop("screening", None)
     counts = {d: float(token_counts[d]) for d in config.data.domain_names} if token_counts else None
     values: dict[str, Any] = {"search": search, "domains": config.data.domain_names, "token_counts": counts}
     if mapping is not None and ranking_reads_mapping(config):
