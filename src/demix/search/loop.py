@@ -214,13 +214,12 @@ class _Rounds:
     def screen(self, r: int, planned: list[dict[str, float]], files: RoundFiles) -> list[int]:
         """Screen the round's mixtures that lack a full score (:mod:`demix.search.screening`);
         the indices of ``planned`` to score in full."""
-        full, screens = self.store.done_keys(self.proxy_kind), self.store.done_keys(screened(self.config.search.screening.fraction))
-        todo = [k for k in map(mixture_key, planned) if k not in full or k in screens]
-        self.on_event(SearchEvent(SCREENING_STARTED, r, planned=len(todo), done=len(screens & set(todo))))
         kept = screen_round(
             r, planned, config=self.config, store=self.store, executor=self.executor, full_kind=self.proxy_kind,
             capabilities=expected_capabilities(self.config),
             provenance=lambda i, m: self.provenance(r, i, m), components=self.fingerprint, scoring=self.scoring,
+            directions=self._directions,
+            on_started=lambda n, done: self.on_event(SearchEvent(SCREENING_STARTED, r, planned=n, done=done)),
             on_screened=lambda m: self.on_event(SearchEvent(PROXY_SCREENED, r, mixture=m)), path=files.screening,
         )
         done = self.store.done_keys(self.proxy_kind)

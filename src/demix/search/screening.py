@@ -83,6 +83,8 @@ def screen_round(
     provenance: Callable[[int, Mixture], dict[str, Any]],
     components: str | None,
     scoring: ScoringSettings,
+    directions: Callable[[Mapping[str, float], Mapping[str, bool] | None], Mapping[str, bool | None]],
+    on_started: Callable[[int, int], None],
     on_screened: Callable[[Mixture], None],
     path: Path | None = None,
 ) -> list[int]:
@@ -92,7 +94,9 @@ def screen_round(
 
     ``provenance(plan_index, mixture)`` is what a full evaluation of the round records (round,
     plan index, checkpoints, scoring settings); a screened row records it too, plus the
-    screening. ``components``: the components fingerprint a reusable screened row must carry."""
+    screening. ``components``: the components fingerprint a reusable screened row must carry.
+    ``directions(benchmarks, higher_is_better)``: each benchmark's direction, as a full row records
+    it. ``on_started(to_screen, already_screened)`` hears of the round's screened set first."""
     from demix.evaluation.screening import screened_documents, survivors
 
     sc = config.search.screening
@@ -104,14 +108,13 @@ def screen_round(
     todo = [i for i, m in enumerate(planned) if mixture_key(m) not in full or mixture_key(m) in screened_before]
     if not todo:
         return []
+    on_started(len(todo), sum(mixture_key(planned[i]) in screened_before for i in todo))
 
     def record(i: int, m: Mixture, result: Any) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
         bench, caps, hib = result_parts(result)
-        directions: Mapping[str, bool | None] = hib or {
-            b.name: b.higher_is_better for b in config.evaluation.benchmarks if b.name in bench}
         screening = {"fraction": sc.fraction, "keep": sc.keep, "margin": sc.margin,
                      "documents": screened_documents(result)}
-        return bench, caps, {**provenance(i, m), "higher_is_better": directions, SCREENING_KEY: screening}
+        return bench, caps, {**provenance(i, m), "higher_is_better": directions(bench, hib), SCREENING_KEY: screening}
 
     # A screen of other components or scoring settings ranks other proxies: screen it again.
     rows = {e.mixture_key: e for e in store.evaluations_done(kind)}
