@@ -17,11 +17,28 @@ models/smollm2-135m; default: a tiny random Llama on a BPE trained here), in one
    against the full objective (mean accuracy over the tasks), and the round's evaluation time
    with screening (all screened + the full set for the best half) over without.
 
+With ``--run DIR`` (a finished demix run whose components are trained, e.g. the demo's), instead:
+
+3. Screening over rounds of the run's real merged proxies: ``--run-proxies`` component weights
+   sampled as round 0 samples them, each merged and scored by the search loop's own scorer
+   (``MergedProxyScorer``) screened on each of ``--run-fractions`` of every lm_eval task's
+   documents and in full (benchmarks: the demo's shipped multiple-choice tasks unless ``-s
+   evaluation.benchmarks=...``); cut into rounds of ``--round-size``: Spearman of the screened
+   against the full search objective, the round's evaluation time with screening over without
+   (keep 0.5 and 0.25) and whether the round's best proxy went on to its full score.
+4. Which scores the predictor should fit: over ``--fit-splits`` random splits into a round of
+   ``--fit-pool`` proxies and a test set, the predictor fitted on the round's full scores, on as
+   many full scores as screening's cost buys, on the survivors' full scores only (what the loop
+   does), and on those plus the screened scores with a 0/1 feature saying which; each scored by
+   the Spearman of its predicted objective against the test proxies' full objective.
+
 Targets: >= 2.5x fewer forward tokens and >= 2x less wall time than the harness on 4-choice
 tasks, identical scores; screening that halves a round's evaluation time with Spearman >= 0.95.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eval_cost.py [--model models/smollm2-135m]
         [--items 40,8,24] [--repeats 1] [--proxies 6] [--fraction 0.25]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eval_cost.py --run runs/demo [--run-proxies 48]
+        [--run-fractions 0.25,0.5] [--round-size 16] [--fit-pool 24] [--fit-splits 200]
 """
 
 from __future__ import annotations
@@ -185,6 +202,199 @@ def screening_round(
     }
 
 
+#: The ``--run`` section's default benchmarks: the shipped multiple-choice tasks of the demo
+#: domains (lm_eval only, so that a screen saves on every benchmark).
+RUN_BENCHMARKS = (
+    "evaluation.benchmarks=[{name: mc_general, evaluator: lm_eval, task: demix_heldout_mc_general, metric: acc}, "
+    "{name: mc_math, evaluator: lm_eval, task: demix_heldout_mc_math, metric: acc}, "
+    "{name: mc_math_problems, evaluator: lm_eval, task: demix_heldout_mc_math_problems, metric: acc}, "
+    "{name: mc_code, evaluator: lm_eval, task: demix_heldout_mc_code, metric: acc}, "
+    "{name: arith, evaluator: lm_eval, task: demix_math, metric: acc}]"
+)
+
+
+def run_proxies(run_dir: str, overrides: list[str], n: int, fractions: list[float], seed: int) -> dict:
+    """``n`` sampled component weights of a finished run, each merged and scored by demix's own
+    scorer (:class:`MergedProxyScorer`, what the search loop calls) screened on each of
+    ``fractions`` of every lm_eval task's documents and in full; the seconds of each (the merge
+    included, since the loop merges a survivor again for its full score)."""
+    from demix.config import load_config
+    from demix.executors.scorers import MergedProxyScorer
+    from demix.rundir import RunDir
+    from demix.sampling import sample_mixtures
+
+    run = RunDir(Path(run_dir))
+    config = load_config(run.config, overrides)
+    scorer = MergedProxyScorer(config, run, "cpu")
+    scorer.setup()
+    domains = list(config.data.domain_names)
+    weights = sample_mixtures(domains, n, sampler=config.search.sampler, rng=seed)
+    # Warm-up, untimed: the first screen and full score build each task's requests (once per run).
+    first = dict(zip(domains, (float(x) for x in weights[0])))
+    for fraction in fractions:
+        scorer.screen(first, fraction)
+    scorer(first)
+    screened: dict[float, list[dict]] = {f: [] for f in fractions}
+    t_screen: dict[float, list[float]] = {f: [] for f in fractions}
+    full, t_full = [], []
+    for i, w in enumerate(weights):
+        mixture = dict(zip(domains, (float(x) for x in w)))
+        for fraction in fractions:
+            start = time.perf_counter()
+            s = scorer.screen(mixture, fraction)
+            t_screen[fraction].append(time.perf_counter() - start)
+            screened[fraction].append(dict(s.capabilities))
+        start = time.perf_counter()
+        f = scorer(mixture)
+        t_full.append(time.perf_counter() - start)
+        full.append(dict(f.capabilities))
+        print(f"  proxy {i + 1}/{len(weights)}: screened " + ", ".join(f"{t_screen[x][-1]:.1f}" for x in fractions)
+              + f" s, full {t_full[-1]:.1f} s", flush=True)
+    caps = list(full[0])
+    return {
+        "config": config, "domains": domains, "weights": weights, "capabilities": caps,
+        "screen_docs": {x: {name: len(v) for name, v in scorer._screening[x].items()} for x in fractions},
+        "screened": {x: np.array([[r[c] for c in caps] for r in screened[x]]) for x in fractions},
+        "full": np.array([[r[c] for c in caps] for r in full]),
+        "t_screen": {x: np.array(t_screen[x]) for x in fractions}, "t_full": np.array(t_full),
+    }
+
+
+def _objective(config, scores: np.ndarray, caps: list[str]) -> np.ndarray:
+    """The search's objective of each row among these rows (``rank_mean``: ranks within them)."""
+    from demix.objectives import objective_values
+
+    s = config.search
+    return objective_values(s.objective, scores, caps, s.capability_weights)
+
+
+def screened_rounds(p: dict, size: int, keeps: tuple[float, ...]) -> list[dict]:
+    """The proxies cut into rounds of ``size``: per round, Spearman of the screened against the
+    full objective, and for each ``keep`` the round's evaluation time with screening over without
+    and whether the round's best proxy by full score went on to its full score."""
+    from scipy.stats import spearmanr
+
+    from demix.evaluation.screening import survivors
+
+    out = []
+    for start in range(0, len(p["weights"]) - size + 1, size):
+        idx = np.arange(start, start + size)
+        s = _objective(p["config"], p["screened"][idx], p["capabilities"])
+        f = _objective(p["config"], p["full"][idx], p["capabilities"])
+        row = {"rho": float(spearmanr(s, f).statistic)}
+        for keep in keeps:
+            kept = survivors(s, keep=keep)
+            cost = p["t_screen"][idx].sum() + p["t_full"][idx][kept].sum()
+            row[keep] = {"time_ratio": float(cost / p["t_full"][idx].sum()), "best_kept": int(np.argmax(f)) in kept}
+        out.append(row)
+    return out
+
+
+def screening_fit(p: dict, pool: int, keep: float, splits: int, kinds: tuple[str, ...]) -> dict:
+    """What the predictor gains from screened scores: over ``splits`` random splits of the
+    proxies into a searched round of ``pool`` and a test set (the rest), fit on
+
+    - ``full``: every proxy of the round in full (no screening);
+    - ``full, same cost``: a random subset of the round in full, as many as screening's cost buys;
+    - ``survivors``: the round screened, the best ``keep`` by screened objective scored in full,
+      fitted on those full scores only (what the search loop does);
+    - ``survivors + screened``: the same evaluations, fitted on the full scores and the screened
+      ones with a 0/1 feature saying which (predicted at 1: a full score);
+
+    and score each fit on the test proxies' full scores: Spearman of the predicted against the
+    full objective, and the test proxies ahead of the predicted best (0: it found the best)."""
+    from scipy.stats import spearmanr
+
+    from demix.evaluation.screening import survivors
+    from demix.predictors import fit_predictors
+
+    config, caps = p["config"], p["capabilities"]
+    W, S, F = p["weights"], p["screened"], p["full"]
+    n = len(W)
+    rng = np.random.default_rng(0)
+    cost_full = float(np.mean(p["t_full"]))
+    results: dict[tuple[str, str], list[tuple[float, int]]] = {}
+    costs: dict[str, list[float]] = {}
+
+    def fit_and_score(kind: str, X: np.ndarray, Y: np.ndarray, test: np.ndarray, flag: bool) -> tuple[float, int]:
+        pred = fit_predictors(X, {c: Y[:, j] for j, c in enumerate(caps)}, kind=kind)
+        Xt = np.concatenate([W[test], np.ones((len(test), 1))], axis=1) if flag else W[test]
+        P = pred.predict_matrix(Xt, caps)
+        truth = _objective(config, F[test], caps)
+        guess = _objective(config, P, caps)
+        ahead = int((truth > truth[int(np.argmax(guess))]).sum())
+        return float(spearmanr(guess, truth).statistic), ahead
+
+    for _ in range(splits):
+        order = rng.permutation(n)
+        rnd, test = order[:pool], order[pool:]
+        kept = rnd[survivors(_objective(config, S[rnd], caps), keep=keep)]
+        spent = float(p["t_screen"][rnd].sum() + p["t_full"][kept].sum())
+        same = rnd[: max(2, min(pool, round(spent / cost_full)))]
+        plans = {
+            "full": (W[rnd], F[rnd], False, float(p["t_full"][rnd].sum())),
+            "full, same cost": (W[same], F[same], False, float(p["t_full"][same].sum())),
+            "survivors": (W[kept], F[kept], False, spent),
+            "survivors + screened": (
+                np.concatenate([np.concatenate([W[kept], np.ones((len(kept), 1))], axis=1),
+                                np.concatenate([W[rnd], np.zeros((pool, 1))], axis=1)]),
+                np.concatenate([F[kept], S[rnd]]), True, spent),
+        }
+        for name, (X, Y, flag, cost) in plans.items():
+            costs.setdefault(name, []).append(cost / float(p["t_full"][rnd].sum()))
+            for kind in kinds:
+                results.setdefault((name, kind), []).append(fit_and_score(kind, X, Y, test, flag))
+    return {"results": results, "costs": costs, "pool": pool, "test": n - pool, "splits": splits}
+
+
+def print_run_section(args) -> None:
+    """Sections 3 and 4 (``--run``): screening over rounds of a finished run's merged proxies,
+    and what the predictor gains from the screened scores, at each screened fraction."""
+    overrides = [RUN_BENCHMARKS] if not any(o.startswith("evaluation.benchmarks=") for o in args.set) else []
+    overrides += ["evaluation.device=cpu", *args.set]
+    fractions = [float(x) for x in args.run_fractions.split(",") if x]
+    print(f"\nmerged proxies of the run in {args.run}: {args.run_proxies} sampled component weights, "
+          f"screened on {', '.join(f'{x:.0%}' for x in fractions)} and scored in full", flush=True)
+    runs = run_proxies(args.run, overrides, args.run_proxies, fractions, args.seed)
+    print(f"capabilities: {runs['capabilities']}; objective {runs['config'].search.objective}; "
+          f"seconds per proxy in full: {np.mean(runs['t_full']):.2f}")
+    keeps = (0.5, 0.25)
+    kinds = tuple(k for k in args.fit_kinds.split(",") if k)
+    for fraction in fractions:
+        p = {**runs, "screened": runs["screened"][fraction], "t_screen": runs["t_screen"][fraction]}
+        print(f"\n## screened on {fraction:.0%}: documents per task {runs['screen_docs'][fraction]}; seconds per "
+              f"proxy {np.mean(p['t_screen']):.2f} ({np.mean(p['t_screen']) / np.mean(p['t_full']):.2f} of a full score)")
+        rounds = screened_rounds(p, args.round_size, keeps)
+        print(f"per round of {args.round_size} proxies ({len(rounds)} rounds):")
+        print("| round | Spearman(screened, full) | " + " | ".join(f"time ratio keep {k:g} | best kept {k:g}" for k in keeps)
+              + " |")
+        print("|---|---|" + "---|---|" * len(keeps))
+        for i, r in enumerate(rounds):
+            print(f"| {i} | {r['rho']:.3f} | " + " | ".join(
+                f"{r[k]['time_ratio']:.2f} | {'yes' if r[k]['best_kept'] else 'no'}" for k in keeps) + " |")
+        print(f"| mean | {np.mean([r['rho'] for r in rounds]):.3f} | " + " | ".join(
+            f"{np.mean([r[k]['time_ratio'] for r in rounds]):.2f} | {sum(r[k]['best_kept'] for r in rounds)}/{len(rounds)}"
+            for k in keeps) + " |")
+        print("(targets: Spearman >= 0.95, time ratio <= 0.5)")
+        fit = screening_fit(p, args.fit_pool, 0.5, args.fit_splits, kinds)
+        print(f"predictor fitted on a round of {fit['pool']} proxies (screening keep 0.5), scored on the other "
+              f"{fit['test']} proxies' full scores, {fit['splits']} random splits (mean [2.5%, 97.5%] over splits):")
+        print("| fitted on | cost / full round | kind | Spearman(predicted, full objective) | test proxies ahead of the pick |")
+        print("|---|---|---|---|---|")
+        for (name, kind), vals in fit["results"].items():
+            rho = np.array([v[0] for v in vals])
+            ahead = np.array([v[1] for v in vals])
+            lo, hi = np.nanpercentile(rho, [2.5, 97.5])
+            print(f"| {name} | {np.mean(fit['costs'][name]):.2f} | {kind} | {np.nanmean(rho):.3f} [{lo:.2f}, {hi:.2f}] | "
+                  f"{ahead.mean():.2f} |")
+        for kind in kinds:
+            a = np.array([v[0] for v in fit["results"][("survivors + screened", kind)]])
+            b = np.array([v[0] for v in fit["results"][("survivors", kind)]])
+            d = a - b
+            print(f"{kind}: survivors + screened - survivors: mean {np.nanmean(d):+.3f}, ahead in "
+                  f"{np.mean(d > 0):.0%} of splits, behind in {np.mean(d < 0):.0%}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="pretrained model directory (default: a tiny random Llama)")
@@ -194,7 +404,22 @@ def main() -> None:
     parser.add_argument("--proxies", type=int, default=6, help="proxies in the screening round (0: skip)")
     parser.add_argument("--fraction", type=float, default=0.25, help="share of each task's items screened")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of the shipped tasks")
+    parser.add_argument("--run", default=None, help="a finished demix run (components trained): sections 3-4 on "
+                        "its merged proxies, and nothing else")
+    parser.add_argument("--run-proxies", type=int, default=48, help="sampled component weights scored (--run)")
+    parser.add_argument("--run-fractions", default="0.25,0.5", help="screened shares of each task's documents (--run)")
+    parser.add_argument("--round-size", type=int, default=16, help="proxies per screened round (--run)")
+    parser.add_argument("--fit-pool", type=int, default=24, help="proxies of the round the predictor fits on (--run)")
+    parser.add_argument("--fit-splits", type=int, default=200, help="random round/test splits (--run)")
+    parser.add_argument("--fit-kinds", default="ridge,auto", help="predictor kinds compared (--run)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampled component weights (--run)")
+    parser.add_argument("-s", "--set", action="append", default=[], help="config override for --run (repeatable); "
+                        "default benchmarks: the demo's shipped multiple-choice tasks")
     args = parser.parse_args()
+    if args.run:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}, cpu, fp32")
+        print_run_section(args)
+        return
     tasks = tuple(t for t in args.tasks.split(",") if t)
     n_math, n_code, n_mc = (int(x) for x in args.items.split(","))
     items = {"demix_math": n_math, "demix_humaneval": n_code, "demix_heldout_mc_general": n_mc, "demix_heldout_mc_code": n_mc}

@@ -10,7 +10,7 @@ Why screened scores are their own proxy kind (``screened@<fraction>``,
 rows (the fit, the evidence, the report, ``demix status``) then sees full scores only, with no
 change, and the store's claims, leases and resume work for screens exactly as for full
 evaluations (several drivers share a round's screens; a killed search resumes them). The
-predictors fit full scores only (measured: ``benchmarks/eval_cost.py --screening-fit``).
+predictors fit full scores only (measured: ``benchmarks/eval_cost.py --run``, docs/evaluation.md).
 
 Each screened row records the documents it used (``provenance["screening"]``); a screened row
 scored with other components or scoring settings is screened again, never reused. The round's
