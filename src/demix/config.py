@@ -445,8 +445,10 @@ class ScreeningConfig(StrictModel):
     benchmarks in full); only the best ``keep`` of them by that screened objective, and any
     within ``margin`` of the best, are then scored in full. Screened scores are stored as their
     own proxy kind (``screened@<fraction>``, with the documents used) and never fitted: the
-    predictors fit full scores only. Off by default: it needs lm_eval benchmarks, and saves
-    time only when they dominate an evaluation and ``fraction + keep < 1``."""
+    predictors fit full scores only. Off by default: it needs lm_eval benchmarks, saves time
+    only when they dominate an evaluation and ``fraction + keep < 1``, and helps the search only
+    where a screen ranks proxies like the full set (on the demo's tasks it does not:
+    ``benchmarks/eval_cost.py --run`` measures it on a run, docs/evaluation.md)."""
 
     enabled: bool = False
     """Screen each round's proxies before scoring the best of them in full."""
