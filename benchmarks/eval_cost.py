@@ -219,6 +219,7 @@ def run_proxies(run_dir: str, overrides: list[str], n: int, fractions: list[floa
     ``fractions`` of every lm_eval task's documents and in full; the seconds of each (the merge
     included, since the loop merges a survivor again for its full score)."""
     from demix.config import load_config
+    from demix.evaluation.screening import screening_samples
     from demix.executors.scorers import MergedProxyScorer
     from demix.rundir import RunDir
     from demix.sampling import sample_mixtures
@@ -253,7 +254,8 @@ def run_proxies(run_dir: str, overrides: list[str], n: int, fractions: list[floa
     caps = list(full[0])
     return {
         "config": config, "domains": domains, "weights": weights, "capabilities": caps,
-        "screen_docs": {x: {name: len(v) for name, v in scorer._screening[x].items()} for x in fractions},
+        "screen_docs": {x: {name: len(v) for name, v in screening_samples(scorer.evaluator.harness, x).items()}
+                        for x in fractions},
         "screened": {x: np.array([[r[c] for c in caps] for r in screened[x]]) for x in fractions},
         "full": np.array([[r[c] for c in caps] for r in full]),
         "t_screen": {x: np.array(t_screen[x]) for x in fractions}, "t_full": np.array(t_full),
